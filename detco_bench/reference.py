@@ -1,0 +1,145 @@
+"""Reference numbers (the paper's tables, CI smoke references, any CSV of the same schema).
+
+A reference file is a CSV with one row per published number (see results/reference/README.md)::
+
+    method,pretrain_epochs,task,schedule,engine,metric,value,spread,source
+
+- ``method``: random | supervised | mocov2 | detco | detco_aa | any other checkpoint method name.
+- ``pretrain_epochs``: int, or empty where it does not apply (random init). A record whose
+  ``checkpoint.pretrain_epochs`` is null matches when the reference has exactly one epochs value
+  for that method and task; an empty reference value matches any record.
+- ``task``: a task registry name; semi-supervised subsets are ``<task>@<percent>%`` (coco_fpn_12k@1%).
+- ``engine``: the engine that produced the number (detectron2 for the paper's detection rows).
+  Records from another engine are "not comparable" against it.
+- ``spread``: the expected run-to-run standard deviation; empty means :func:`default_spread`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from detco_bench.errors import UserError
+
+REFERENCE_COLUMNS = ["method", "pretrain_epochs", "task", "schedule", "engine", "metric", "value",
+                     "spread", "source"]
+REQUIRED_COLUMNS = ["method", "task", "engine", "metric", "value"]
+KEY_COLUMNS = ["method", "pretrain_epochs", "task", "engine", "metric"]
+BUILTIN_REFERENCES = ("paper", "smoke")
+REFERENCE_DIR_ENV = "DETCO_BENCH_REFERENCE_DIR"
+
+# The MoCo protocol's measured VOC07+12 spread (std over 5 trials): AP, AP50, AP75.
+VOC_SPREAD = {"AP": 0.2, "AP50": 0.2, "AP75": 0.4}
+# Multipliers of the VOC pattern for COCO-protocol tasks, whose paper numbers are single runs.
+FULL_SCHEDULE_SCALE = 1.5   # 1x / 2x schedules, keypoints, DensePose: 0.3 / 0.3 / 0.6
+SHORT_SCHEDULE_SCALE = 2.5  # 12k schedules and semi-supervised subsets: 0.5 / 0.5 / 1.0
+CITYSCAPES_INST_SPREAD = {"AP": 0.8, "AP50": 1.2}
+MIOU_SPREAD = 0.5
+CLASSIFICATION_SPREAD = 0.2
+FALLBACK_SPREAD = 0.5
+
+
+def default_spread(task: str, metric: str) -> float:
+    """The documented default run-to-run spread for a (task, metric) (results/reference/README.md)."""
+    base, _, subset = task.partition("@")
+    leaf = metric.rsplit("/", 1)[-1]
+    if base.startswith("voc"):
+        return VOC_SPREAD.get(leaf, CLASSIFICATION_SPREAD if leaf == "mAP" else VOC_SPREAD["AP75"])
+    if leaf == "mIoU":
+        return MIOU_SPREAD
+    if metric.startswith(("top", "knn")) or leaf in ("top1", "top5"):
+        return CLASSIFICATION_SPREAD
+    if base.startswith("cityscapes"):
+        return CITYSCAPES_INST_SPREAD.get(leaf, CITYSCAPES_INST_SPREAD["AP50"])
+    if leaf.startswith("AP"):
+        scale = SHORT_SCHEDULE_SCALE if (subset or base.endswith("_12k")) else FULL_SCHEDULE_SCALE
+        return round(VOC_SPREAD.get(leaf, VOC_SPREAD["AP75"]) * scale, 3)
+    return FALLBACK_SPREAD
+
+
+def reference_dir() -> Path:
+    """Folder of the built-in references: $DETCO_BENCH_REFERENCE_DIR, else the repository's
+    results/reference (next to the package), else ./results/reference."""
+    env = os.environ.get(REFERENCE_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    beside = Path(__file__).resolve().parent.parent / "results" / "reference"
+    return beside if beside.is_dir() else Path("results") / "reference"
+
+
+def resolve_reference(name_or_path: str | os.PathLike) -> tuple[str, Path]:
+    """("paper" | "smoke" | the file's stem, path). Raises UserError for an unknown name."""
+    text = os.fspath(name_or_path)
+    if text in BUILTIN_REFERENCES:
+        path = reference_dir() / f"{text}.csv"
+        if not path.is_file():
+            raise UserError(f"built-in reference '{text}' not found at {path}")
+        return text, path
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path.stem, path
+    raise UserError(
+        f"unknown reference '{text}': use 'paper', 'smoke' or the path of a reference CSV file"
+    )
+
+
+def empty_reference() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in REFERENCE_COLUMNS})
+
+
+def load_reference(name_or_path: str | os.PathLike) -> pd.DataFrame:
+    """Load and validate a reference CSV. Empty spreads are filled with default_spread();
+    `pretrain_epochs` becomes a nullable Int64 column. Raises UserError for a malformed file."""
+    name, path = resolve_reference(name_or_path)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, comment=None)
+    except pd.errors.EmptyDataError:
+        df = empty_reference()
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise UserError(f"reference {path}: cannot read CSV ({exc})") from None
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"reference {path}: missing column(s) {', '.join(missing)}")
+    for col in REFERENCE_COLUMNS:
+        if col not in df.columns:
+            df[col] = ""
+    df = df[REFERENCE_COLUMNS].copy()
+    for col in df.columns:
+        df[col] = df[col].astype(str).str.strip()
+    for col in ("method", "task", "engine", "metric"):
+        bad = df.index[df[col] == ""]
+        if len(bad):
+            raise UserError(f"reference {path}: empty '{col}' on data row {bad[0] + 1}")
+
+    def numbers(col: str, allow_empty: bool) -> pd.Series:
+        raw = df[col]
+        out = pd.to_numeric(raw.where(raw != "", None), errors="coerce").astype(float)
+        bad = df.index[out.isna() & ((raw != "") | (not allow_empty))]
+        if len(bad):
+            raise UserError(f"reference {path}: '{col}' is not a number on data row {bad[0] + 1}: "
+                            f"{raw[bad[0]]!r}")
+        return out
+
+    df["value"] = numbers("value", allow_empty=False)
+    epochs = numbers("pretrain_epochs", allow_empty=True)
+    if ((epochs.dropna() % 1) != 0).any():
+        raise UserError(f"reference {path}: 'pretrain_epochs' must be integers")
+    df["pretrain_epochs"] = epochs.astype("Int64")
+    spread = numbers("spread", allow_empty=True)
+    if (spread.dropna() < 0).any():
+        raise UserError(f"reference {path}: 'spread' must be >= 0")
+    defaults = [default_spread(t, m) for t, m in zip(df["task"], df["metric"], strict=True)]
+    df["spread"] = spread.fillna(pd.Series(defaults, index=df.index, dtype=float)).astype(float)
+    dup = df.duplicated(KEY_COLUMNS, keep=False)
+    if dup.any():
+        row = df[dup].iloc[0]
+        raise UserError(
+            f"reference {path}: duplicate entry for {row['method']} / {row['task']} / "
+            f"{row['engine']} / {row['metric']}"
+        )
+    df.attrs["name"] = name
+    df.attrs["path"] = str(path)
+    return df.reset_index(drop=True)

@@ -1,0 +1,177 @@
+"""DetCo (Xie et al., ICCV 2021) with MoCo v2 as its special case.
+
+Per contrasted stage s (res2..res5 with multi-level supervision, res5 alone without):
+  global head  g_s: pooled stage feature (C_s)      -> MLP -> 128-d
+  local head   l_s: 9 pooled patch features (9*C_s) -> MLP -> 128-d
+  a global queue and a local queue of keys (dim, K).
+Loss = sum_s w_s * (L_g<->g + L_l<->l + L_g<->l), each an InfoNCE with temperature T:
+  L_g<->g: query global view vs key global view, negatives from the global queue
+  L_l<->l: query patch set  vs key patch set,   negatives from the local queue
+  L_g<->l: query patch set  vs key global view,  negatives from the global queue
+With local_contrast off only L_g<->g remains; with multi_level off only res5 (weight 1) remains;
+with both off this is exactly MoCo v2.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from pretrain.config import PretrainConfig
+from pretrain.distributed import batch_shuffle, batch_unshuffle, concat_all_gather
+
+STAGES = ("res2", "res3", "res4", "res5")
+
+
+class ResNetTrunk(nn.Module):
+    """A torchvision ResNet without avgpool/fc, keeping torchvision's parameter names, so its
+    state dict *is* a torchvision backbone state dict (minus `fc.*`)."""
+
+    def __init__(self, arch: str) -> None:
+        super().__init__()
+        net = getattr(torchvision.models, arch)(weights=None)
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.stage_channels: tuple[int, ...] = tuple(
+            layer[-1].conv3.out_channels if hasattr(layer[-1], "conv3") else layer[-1].conv2.out_channels
+            for layer in (self.layer1, self.layer2, self.layer3, self.layer4))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(N, 3, H, W) images -> [res2 .. res5] feature maps, each (N, C_s, H/4/2^s, ...)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        out = []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            out.append(x)
+        return out
+
+
+def mlp_head(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    """MoCo v2's projection head: Linear -> ReLU -> Linear."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+
+
+class Encoder(nn.Module):
+    """Backbone plus one global head (and optionally one local head) per contrasted stage."""
+
+    def __init__(self, arch: str, stage_ids: tuple[int, ...], dim: int, local: bool) -> None:
+        super().__init__()
+        self.backbone = ResNetTrunk(arch)
+        self.stage_ids = stage_ids
+        hidden = self.backbone.stage_channels[-1]  # 2048 for ResNet-50, as MoCo v2's head
+        chans = [self.backbone.stage_channels[i] for i in stage_ids]
+        self.global_heads = nn.ModuleList(mlp_head(c, hidden, dim) for c in chans)
+        self.local_heads = nn.ModuleList(mlp_head(9 * c, hidden, dim) for c in chans) if local else None
+
+    def pooled(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """(N, 3, H, W) -> per contrasted stage the global-average-pooled feature (N, C_s)."""
+        feats = self.backbone(images)
+        return [feats[i].mean(dim=(2, 3)).float() for i in self.stage_ids]
+
+    def global_embed(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """(N, 3, H, W) -> per stage an L2-normalised embedding (N, dim)."""
+        return [F.normalize(h(f), dim=1) for h, f in zip(self.global_heads, self.pooled(images), strict=True)]
+
+    def local_embed(self, patches: torch.Tensor) -> list[torch.Tensor]:
+        """(N, 9, 3, P, P) patch sets -> per stage an L2-normalised embedding (N, dim) of the 9
+        pooled patch features concatenated in the (shuffled) patch order."""
+        n = patches.shape[0]
+        pooled = self.pooled(patches.flatten(0, 1))  # each (N*9, C_s)
+        assert self.local_heads is not None
+        return [F.normalize(h(f.reshape(n, -1)), dim=1) for h, f in zip(self.local_heads, pooled, strict=True)]
+
+
+def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE of queries q (N, D) against positives k (N, D) and negatives queue (D, K).
+
+    logits = [q.k, q.queue] / T, target index 0; the mean cross-entropy over the batch.
+    """
+    q, k = q.float(), k.float()  # logits in fp32 even under autocast
+    pos = (q * k).sum(dim=1, keepdim=True)
+    neg = q @ queue
+    logits = torch.cat([pos, neg], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+
+class DetCo(nn.Module):
+    def __init__(self, cfg: PretrainConfig) -> None:
+        super().__init__()
+        self.stage_ids = (0, 1, 2, 3) if cfg.multi_level else (3,)
+        self.stage_names = tuple(STAGES[i] for i in self.stage_ids)
+        self.weights = tuple(cfg.stage_weights) if cfg.multi_level else (1.0,)
+        self.local = cfg.local_contrast
+        self.momentum, self.temperature, self.queue_size = cfg.key_momentum, cfg.temperature, cfg.queue_size
+
+        self.encoder_q = Encoder(cfg.arch, self.stage_ids, cfg.dim, cfg.local_contrast)
+        self.encoder_k = copy.deepcopy(self.encoder_q)
+        for p in self.encoder_k.parameters():
+            p.requires_grad = False
+
+        n = len(self.stage_ids)
+        self.register_buffer("queue_global", F.normalize(torch.randn(n, cfg.dim, cfg.queue_size), dim=1))
+        if self.local:
+            self.register_buffer("queue_local", F.normalize(torch.randn(n, cfg.dim, cfg.queue_size), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """key <- m * key + (1 - m) * query, over all encoder parameters (backbone and heads)."""
+        for pq, pk in zip(self.encoder_q.parameters(), self.encoder_k.parameters(), strict=True):
+            pk.mul_(self.momentum).add_(pq.detach(), alpha=1.0 - self.momentum)
+
+    @torch.no_grad()
+    def enqueue(self, keys_global: list[torch.Tensor], keys_local: list[torch.Tensor] | None) -> None:
+        """Replace the oldest keys by this step's keys, gathered from all ranks first."""
+        ptr = int(self.queue_ptr)
+        gathered_g = [concat_all_gather(k) for k in keys_global]
+        batch = gathered_g[0].shape[0]
+        if self.queue_size % batch:
+            raise RuntimeError(f"queue size {self.queue_size} is not a multiple of the global batch {batch}")
+        for s, k in enumerate(gathered_g):
+            self.queue_global[s, :, ptr:ptr + batch] = k.T.to(self.queue_global.dtype)
+        if keys_local is not None:
+            for s, k in enumerate(keys_local):
+                self.queue_local[s, :, ptr:ptr + batch] = concat_all_gather(k).T.to(self.queue_local.dtype)
+        self.queue_ptr.fill_((ptr + batch) % self.queue_size)
+
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, patches_q: torch.Tensor | None = None,
+                patches_k: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Global views (N, 3, S, S) and, with local contrast, patch sets (N, 9, 3, P, P).
+
+        Returns the weighted total loss and its unweighted terms per stage ("res5/g2g", ...).
+        """
+        q_g = self.encoder_q.global_embed(im_q)
+        q_l = self.encoder_q.local_embed(patches_q) if self.local else None
+
+        with torch.no_grad():
+            self.momentum_update()
+            if self.local:
+                (im_k_s, patches_k_s), unshuffle = batch_shuffle(im_k, patches_k)
+                k_l = [batch_unshuffle(k, unshuffle) for k in self.encoder_k.local_embed(patches_k_s)]
+            else:
+                (im_k_s,), unshuffle = batch_shuffle(im_k)
+                k_l = None
+            k_g = [batch_unshuffle(k, unshuffle) for k in self.encoder_k.global_embed(im_k_s)]
+
+        terms: dict[str, torch.Tensor] = {}
+        total = im_q.new_zeros((), dtype=torch.float32)
+        queue_g = self.queue_global.clone().detach()
+        queue_l = self.queue_local.clone().detach() if self.local else None
+        for s, (name, w) in enumerate(zip(self.stage_names, self.weights, strict=True)):
+            stage_terms = {"g2g": info_nce(q_g[s], k_g[s], queue_g[s], self.temperature)}
+            if q_l is not None and k_l is not None and queue_l is not None:
+                stage_terms["l2l"] = info_nce(q_l[s], k_l[s], queue_l[s], self.temperature)
+                stage_terms["g2l"] = info_nce(q_l[s], k_g[s], queue_g[s], self.temperature)
+            for term, value in stage_terms.items():
+                terms[f"{name}/{term}"] = value.detach()
+                total = total + w * value
+        self.enqueue(k_g, k_l)
+        return total, terms
+
+    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
+        """The query backbone in torchvision ResNet naming (no `fc.*`), detached copies on CPU."""
+        return {k: v.detach().cpu().clone() for k, v in self.encoder_q.backbone.state_dict().items()}

@@ -1,0 +1,273 @@
+"""The pretraining loop: SGD + cosine, AMP, DDP via torchrun, atomic checkpoints, exact resume.
+
+Run folder layout:
+  config.json      the effective PretrainConfig
+  checkpoint.pth   latest training state (atomically replaced; see CHECKPOINT_FORMAT)
+  metrics.jsonl    one JSON object per logged step
+  tb/              TensorBoard event files
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader
+
+from pretrain import distributed as dist_utils
+from pretrain.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
+from pretrain.config import PretrainConfig
+from pretrain.data import ContrastiveViews, EpochSampler, build_source
+from pretrain.detco import DetCo
+from pretrain.errors import PretrainInputError
+
+CHECKPOINT_FORMAT = "detco-bench.pretrain"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pth"
+# Settings that may change between a run and its resumption without changing what is learned.
+RESUMABLE_OVERRIDES = {"workers", "log_every", "save_every_steps", "max_steps", "amp", "channels_last"}
+
+
+def prepare_run_dir(out: Path, resume: bool) -> Path | None:
+    """Check the output folder; return the checkpoint to resume from, if any.
+
+    A non-empty folder is only reused with `resume`, so an earlier run is never overwritten.
+    """
+    if out.exists() and not out.is_dir():
+        raise PretrainInputError(f"output path {out} exists and is not a folder")
+    ckpt = out / CHECKPOINT_NAME
+    if out.is_dir() and any(out.iterdir()) and not resume:
+        raise PretrainInputError(
+            f"output folder {out} is not empty; pass --resume to continue that run or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise PretrainInputError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
+    return ckpt if ckpt.is_file() else None
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a pretraining checkpoint safely (tensors and plain containers only)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, corrupt or unsafe: all mean "cannot resume"
+        raise PretrainInputError(f"cannot load checkpoint {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise PretrainInputError(f"{path} is not a detco-bench pretraining checkpoint")
+    return state
+
+
+def resolve_resume_config(requested: PretrainConfig, saved: dict[str, Any]) -> PretrainConfig:
+    """The saved run's config, with only the harmless runtime settings taken from `requested`."""
+    saved_cfg = PretrainConfig.from_dict(saved)
+    req = requested.to_dict()
+    diffs = [f"{k}: run has {v!r}, asked {req[k]!r}" for k, v in saved_cfg.to_dict().items()
+             if k not in RESUMABLE_OVERRIDES and req[k] != v]
+    if diffs:
+        raise PretrainInputError("cannot resume with a different configuration (" + "; ".join(diffs) + ")")
+    return dataclasses.replace(saved_cfg, **{k: getattr(requested, k) for k in RESUMABLE_OVERRIDES})
+
+
+def cosine_lr(base: float, step: int, total: int) -> float:
+    return base * 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
+            "device": f"{device.type}:{name}", "world_size": dist_utils.world_size(),
+            "hostname": platform.node()}
+
+
+def _autocast(cfg: PretrainConfig, device: torch.device) -> tuple[Any, torch.dtype | None]:
+    if not cfg.amp:
+        return nullcontext(), None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.float16), torch.float16
+    return torch.autocast(device.type, dtype=torch.bfloat16), torch.bfloat16
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _keep_metric_lines_up_to(path: Path, step: int) -> None:
+    """Drop metric lines logged after the checkpoint we resume from (a killed run wrote them)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut by the kill
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def train(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, show_progress: bool = True,
+          console: Console | None = None) -> Path:
+    """Pretrain with `cfg` into run folder `out`; returns the path of the final checkpoint.
+
+    Launched by torchrun, every process calls this; rank 0 writes the run folder.
+    """
+    out = Path(out)
+    cfg.validate()
+    device = dist_utils.init_from_env()
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    is_main = rank == 0
+    console = console or Console(stderr=True)
+    if cfg.batch_size % world:
+        raise PretrainInputError(f"global batch size {cfg.batch_size} is not divisible by {world} processes")
+
+    source = build_source(cfg)  # bad data paths fail before anything is written
+    resume_from = prepare_run_dir(out, resume) if is_main else (out / CHECKPOINT_NAME if resume else None)
+    state: dict[str, Any] | None = None
+    if resume_from is not None and resume_from.is_file():
+        state = load_checkpoint(resume_from)
+        cfg = resolve_resume_config(cfg, state["config"])
+        if state.get("finished"):
+            if is_main:
+                console.print(f"run in {out} already finished ({state['epoch']} epochs)")
+            return resume_from
+
+    dataset = ContrastiveViews(source, cfg)
+    sampler = EpochSampler(len(dataset), cfg.batch_size, rank, world, seed=cfg.seed)
+    steps_per_epoch = sampler.steps_per_epoch()
+    if steps_per_epoch == 0:
+        raise PretrainInputError(
+            f"{len(dataset)} images are fewer than one global batch of {cfg.batch_size}; lower --batch-size")
+    total_steps = steps_per_epoch * cfg.epochs
+
+    torch.manual_seed(cfg.seed)
+    model = DetCo(cfg).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
+    autocast, amp_dtype = _autocast(cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    step, bad_images, elapsed_before = 0, 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        step, bad_images = int(state["step"]), int(state.get("bad_images", 0))
+        elapsed_before = float(state.get("wall_clock_s", 0.0))
+    net: torch.nn.Module = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+
+    metrics_path = out / "metrics.jsonl"
+    writer = None
+    if is_main:
+        atomic_write_json(out / "config.json", cfg.to_dict() | {"method": cfg.method})
+        _keep_metric_lines_up_to(metrics_path, step)
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tb"), purge_step=step if step else None)
+
+    def save(finished: bool) -> Path:
+        path = out / CHECKPOINT_NAME
+        if is_main:
+            atomic_torch_save(path, {
+                "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "method": cfg.method,
+                "arch": cfg.arch, "epoch": step // steps_per_epoch, "step": step, "epochs": cfg.epochs,
+                "config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rng": _rng_state(),
+                "backbone": model.backbone_state_dict(), "finished": finished, "bad_images": bad_images,
+                "wall_clock_s": elapsed_before + time.time() - started, "environment": environment(device)})
+        return path
+
+    started = time.time()
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=console,
+                        disable=not (show_progress and is_main))
+    model.train()
+    stop_at = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
+    with progress:
+        task = progress.add_task(f"{cfg.method} {cfg.arch}", total=total_steps, completed=step, stats="")
+        window_start, window_images = time.time(), 0
+        while step < stop_at:
+            epoch, in_epoch = divmod(step, steps_per_epoch)
+            dataset.epoch = epoch
+            sampler.set_epoch(epoch, skip_steps=in_epoch)
+            # Its own generator, so creating the loader leaves the global RNG (saved in checkpoints)
+            # untouched and a resumed run draws the same random numbers as an uninterrupted one.
+            loader = DataLoader(dataset, batch_size=cfg.batch_size // world, sampler=sampler,
+                                num_workers=cfg.workers, drop_last=True, pin_memory=device.type == "cuda",
+                                generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+            for batch in loader:
+                views = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "bad"}
+                if cfg.channels_last:
+                    views = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
+                             for k, v in views.items()}
+                bad_images += int(batch["bad"].sum())
+                lr = cosine_lr(cfg.lr, step, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with autocast:
+                    loss, terms = net(**views)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                window_images += cfg.batch_size
+                if step % cfg.log_every == 0 or step == stop_at:
+                    loss_mean = float(dist_utils.all_reduce_mean(loss.detach().float()))
+                    now = time.time()
+                    img_s = window_images / max(now - window_start, 1e-9)
+                    window_start, window_images = now, 0
+                    record = {"step": step, "epoch": step / steps_per_epoch, "lr": lr, "loss": loss_mean,
+                              "img_per_s": img_s, "bad_images": bad_images,
+                              **{f"loss/{k}": float(v) for k, v in terms.items()}}
+                    if is_main:
+                        with open(metrics_path, "a") as f:
+                            f.write(json.dumps(record) + "\n")
+                        assert writer is not None
+                        for k, v in record.items():
+                            if k != "step":
+                                writer.add_scalar(f"train/{k}", v, step)
+                    progress.update(task, completed=step, stats=(
+                        f"loss {loss_mean:.4f}  lr {lr:.4g}  {img_s:.1f} img/s  epoch {epoch + 1}/{cfg.epochs}"))
+                else:
+                    progress.update(task, completed=step)
+                if cfg.save_every_steps and step % cfg.save_every_steps == 0:
+                    save(finished=False)
+                if step >= stop_at:
+                    break
+            if step % steps_per_epoch == 0 or step >= stop_at:
+                save(finished=step >= total_steps)
+    if writer is not None:
+        writer.close()
+    if is_main and bad_images:
+        console.print(f"[yellow]skipped {bad_images} unreadable image(s)[/yellow]")
+    return out / CHECKPOINT_NAME
