@@ -36,6 +36,8 @@ def _register_commands() -> None:
     """Commands that live in their own modules register themselves on `app` / `data_app`."""
     # One line per command module (each defines `register(app, data_app)`).
     from detco_bench import cli_pretrain; cli_pretrain.register(app, data_app)  # noqa: E702
+    from detco_bench import cli_convert; cli_convert.register(app, data_app)  # noqa: E702
+    from detco_bench import cli_data; cli_data.register(app, data_app)  # noqa: E702
 
 
 _register_commands()

@@ -88,7 +88,7 @@ def cosine_lr(base: float, step: int, total: int) -> float:
 
 def environment(device: torch.device) -> dict[str, Any]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
+    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__), "python": platform.python_version(),
             "device": f"{device.type}:{name}", "world_size": dist_utils.world_size(),
             "hostname": platform.node()}
 
@@ -151,7 +151,7 @@ def train(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, sho
         cfg = resolve_resume_config(cfg, state["config"])
         if state.get("finished"):
             if is_main:
-                console.print(f"run in {out} already finished ({state['epoch']} epochs)")
+                console.print(f"run in {out} already finished ({state['epoch']} epochs)", soft_wrap=True)
             return resume_from
 
     dataset = ContrastiveViews(source, cfg)

@@ -1,0 +1,80 @@
+"""`detco-bench pretrain` and the other foundation commands from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from detco_bench.cli import app
+
+runner = CliRunner()
+
+TINY = ["--arch", "resnet18", "--image-size", "32", "--batch-size", "4", "--queue-size", "8", "--epochs", "1",
+        "--synthetic-images", "8", "--workers", "0", "--no-randaugment", "--no-progress"]
+
+
+def _error_lines(result) -> list[str]:  # type: ignore[no-untyped-def]
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def test_help_lists_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("pretrain", "doctor", "data"):
+        assert command in result.stdout
+
+
+def test_doctor_reports_environment() -> None:
+    result = runner.invoke(app, ["doctor"])
+    assert result.exit_code in (0, 1)
+    for word in ("torch", "torchvision", "detectron2", "CUDA", "coco", "cityscapes"):
+        assert word in result.stdout
+
+
+def test_smoke_pretraining_prints_checkpoint(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["pretrain", "--preset", "smoke", "--data", "synthetic",
+                                 "--out", str(tmp_path / "run"), *TINY])
+    assert result.exit_code == 0, result.output
+    assert f"checkpoint: {tmp_path / 'run' / 'checkpoint.pth'}" in result.stdout
+    # Rerunning with --resume on a finished run does no work and keeps the checkpoint.
+    before = (tmp_path / "run" / "checkpoint.pth").stat().st_mtime_ns
+    again = runner.invoke(app, ["pretrain", "--preset", "smoke", "--data", "synthetic",
+                                "--out", str(tmp_path / "run"), "--resume", *TINY])
+    assert again.exit_code == 0 and "already finished" in again.output
+    assert (tmp_path / "run" / "checkpoint.pth").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("case", ["unknown_preset", "missing_data", "empty_data", "not_empty_out",
+                                  "unwritable_out", "bad_queue", "bad_weights"])
+def test_pretrain_bad_input_is_one_line_and_exit_2(tmp_path: Path, case: str) -> None:
+    out = tmp_path / "run"
+    args = ["pretrain", "--preset", "smoke", "--data", "synthetic", "--out", str(out), *TINY]
+    if case == "unknown_preset":
+        args[2] = "no_such_preset"
+    elif case == "missing_data":
+        args[4] = str(tmp_path / "nowhere")
+    elif case == "empty_data":
+        (tmp_path / "empty").mkdir()
+        args[4] = str(tmp_path / "empty")
+    elif case == "not_empty_out":
+        out.mkdir()
+        (out / "precious.txt").write_text("keep me")
+    elif case == "unwritable_out":
+        (tmp_path / "afile").write_text("x")
+        args[6] = str(tmp_path / "afile" / "run")
+    elif case == "bad_queue":
+        args += ["--queue-size", "10"]
+    elif case == "bad_weights":
+        args += ["--stage-weights", "0.1,x"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = _error_lines(result)
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert "Traceback" not in result.output
+    if case == "not_empty_out":
+        assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
+        assert (out / "precious.txt").read_text() == "keep me"
+    elif case != "unwritable_out":
+        assert not out.exists()

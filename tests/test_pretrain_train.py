@@ -1,0 +1,143 @@
+"""The training loop: checkpoints, exact resume (also after a real SIGKILL), data edge cases."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from pretrain.config import PretrainConfig
+from pretrain.errors import PretrainInputError
+from pretrain.train import CHECKPOINT_FORMAT, load_checkpoint, train
+from tests.conftest import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _final_model(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def test_checkpoint_format(tmp_path: Path) -> None:
+    ckpt = train(tiny_config(epochs=1), tmp_path / "run", show_progress=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert state["format"] == CHECKPOINT_FORMAT and state["format_version"] == 1
+    assert (state["method"], state["arch"], state["epoch"], state["step"]) == ("detco", "resnet18", 1, 3)
+    assert state["finished"] is True
+    assert PretrainConfig.from_dict(state["config"]) == tiny_config(epochs=1)
+    # The exported backbone is a torchvision ResNet state dict (fc excepted) equal to the query trunk.
+    import torchvision
+
+    missing, unexpected = torchvision.models.resnet18().load_state_dict(state["backbone"], strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
+    for k, v in state["backbone"].items():
+        assert torch.equal(v, state["model"][f"encoder_q.backbone.{k}"])
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3]
+    assert {"loss", "lr", "img_per_s", "loss/res5/g2l", "loss/res2/l2l"} <= set(lines[0])
+    assert any((tmp_path / "run" / "tb").iterdir())
+
+
+def test_resume_after_stop_matches_uninterrupted_run(tmp_path: Path) -> None:
+    cfg = tiny_config(epochs=2)  # 3 steps per epoch
+    full = train(cfg, tmp_path / "full", show_progress=False)
+    partial = train(dataclasses.replace(cfg, max_steps=4), tmp_path / "split", show_progress=False)
+    assert load_checkpoint(partial)["step"] == 4 and not load_checkpoint(partial)["finished"]
+    resumed = train(cfg, tmp_path / "split", resume=True, show_progress=False)
+    _assert_same_weights(_final_model(full), _final_model(resumed))
+    steps = [json.loads(x)["step"] for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_a_different_configuration(tmp_path: Path) -> None:
+    cfg = tiny_config(epochs=1, max_steps=1)
+    train(cfg, tmp_path / "run", show_progress=False)
+    with pytest.raises(PretrainInputError, match="different configuration.*temperature"):
+        train(dataclasses.replace(cfg, temperature=0.5), tmp_path / "run", resume=True, show_progress=False)
+
+
+def test_real_kill_and_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
+    """SIGKILL a CLI run right after a mid-epoch checkpoint, resume it, compare with a clean run."""
+    common = ["--preset", "smoke", "--data", "synthetic", "--arch", "resnet18", "--image-size", "32",
+              "--batch-size", "4", "--queue-size", "16", "--epochs", "2", "--synthetic-images", "16",
+              "--workers", "0", "--no-randaugment", "--no-progress"]
+    cli = [sys.executable, "-m", "detco_bench.cli", "pretrain"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    subprocess.run([*cli, *common, "--out", str(tmp_path / "clean")], check=True, env=env,
+                   capture_output=True)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([*cli, *common, "--out", str(run), "--save-every-steps", "1"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        metrics = run / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 5:
+            proc.send_signal(signal.SIGKILL)
+            killed_at = len(metrics.read_text().splitlines())
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert killed_at is not None, "the run finished before it could be killed; make it longer"
+    assert not load_checkpoint(run / "checkpoint.pth")["finished"]
+    subprocess.run([*cli, *common, "--out", str(run), "--resume"], check=True, env=env, capture_output=True)
+    _assert_same_weights(_final_model(tmp_path / "clean" / "checkpoint.pth"),
+                         _final_model(run / "checkpoint.pth"))
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+
+
+def _write_images(folder: Path, n: int, bad: int = 0) -> None:
+    folder.mkdir(parents=True)
+    for i in range(n):
+        sub = folder / f"n{i % 2:08d}"  # ImageNet-like class sub-folders
+        sub.mkdir(exist_ok=True)
+        Image.new("RGB", (40, 36), (i * 20 % 256, 100, 50)).save(sub / f"img{i}.JPEG")
+    for i in range(bad):
+        (folder / f"broken{i}.jpg").write_bytes(b"not a jpeg at all")
+
+
+def test_image_folder_recursive_with_unreadable_images(tmp_path: Path) -> None:
+    _write_images(tmp_path / "imgs", 10, bad=2)
+    cfg = tiny_config(data=str(tmp_path / "imgs"), epochs=1, batch_size=4, queue_size=8)
+    ckpt = train(cfg, tmp_path / "run", show_progress=False)
+    state = load_checkpoint(ckpt)
+    assert state["step"] == 3  # 12 files -> 3 batches of 4
+    assert state["bad_images"] >= 1  # every unreadable file met was skipped and counted
+
+
+@pytest.mark.parametrize("setup,message", [
+    ("missing", "does not exist"),
+    ("empty", "no images found"),
+    ("file", "is not a folder"),
+])
+def test_bad_data_paths(tmp_path: Path, setup: str, message: str) -> None:
+    data = tmp_path / "data"
+    if setup == "empty":
+        data.mkdir()
+    elif setup == "file":
+        data.write_text("x")
+    with pytest.raises(PretrainInputError, match=message):
+        train(tiny_config(data=str(data)), tmp_path / "run", show_progress=False)
+    assert not (tmp_path / "run").exists(), "nothing is written for a run that cannot start"
+
+
+def test_fewer_images_than_one_batch(tmp_path: Path) -> None:
+    with pytest.raises(PretrainInputError, match="fewer than one global batch"):
+        train(tiny_config(synthetic_images=3), tmp_path / "run", show_progress=False)
