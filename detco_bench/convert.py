@@ -27,6 +27,7 @@ import pickle
 import pickletools
 import platform
 import re
+import warnings
 import zipfile
 from collections import Counter
 from collections.abc import Mapping
@@ -187,6 +188,9 @@ def _weights_only_detail(message: str) -> str:
     return _one_line(lines[-1] if lines else message, 160)
 
 
+_CORRUPT = "not a PyTorch checkpoint, or truncated / corrupt"
+
+
 def read_checkpoint(path: str | os.PathLike) -> Any:
     """Load an untrusted checkpoint with ``torch.load(weights_only=True)`` on the CPU.
 
@@ -201,12 +205,14 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     if path.stat().st_size == 0:
         raise UserError(f"cannot read {path}: the file is empty")
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
+        with torch.serialization.safe_globals(_numpy_safe_globals()), warnings.catch_warnings():
+            # torch warns about pickle protocols it may not support; a failure is reported below.
+            warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         message = str(exc)
         if "Weights only load failed" not in message:
-            raise UserError(f"cannot read {path}: truncated or corrupt ({_one_line(message, 160)})") from None
+            raise UserError(f"cannot read {path}: {_CORRUPT} ({_one_line(message, 160)})") from None
         detail = _weights_only_detail(message)
         names: list[str] = []
         if zipfile.is_zipfile(path):
@@ -230,15 +236,13 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
             raise UserError(
                 f"cannot read {path}: a plain Python pickle, not a PyTorch checkpoint written by "
                 f"torch.save (weights_only=True failed: {detail})") from None
-        raise UserError(f"cannot read {path}: truncated or corrupt ({detail})") from None
+        raise UserError(f"cannot read {path}: {_CORRUPT} ({detail})") from None
     except Exception as exc:
         # torch raises many types for files that are not complete torch.save archives:
         # RuntimeError ("PytorchStreamReader failed reading zip archive", "Invalid magic number"),
         # EOFError, KeyError, IndexError, struct.error ...
         reason = _one_line(str(exc) or "unexpected end of file", 140)
-        raise UserError(
-            f"cannot read {path}: not a PyTorch checkpoint, or truncated / corrupt "
-            f"({type(exc).__name__}: {reason})") from None
+        raise UserError(f"cannot read {path}: {_CORRUPT} ({type(exc).__name__}: {reason})") from None
 
 
 # --------------------------------------------------------------------------------------------

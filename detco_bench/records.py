@@ -22,7 +22,7 @@ Schema (version 1)::
                      "started_at": ISO-8601 str, "finished_at": ISO-8601 str|null},
       "status": "success" | "failed" | "running",
       "error": str|null,
-      "artifacts": {name: str|null}       # optional, e.g. {"metrics_log": "metrics.jsonl", "output_dir": ...};
+      "artifacts": {name: str|null}       # optional: {"metrics_log": ..., "output_dir": ...};
     }                                     # relative paths are relative to the record's folder
 
 Unknown extra keys are ignored on read (additions that old readers may skip do not need a new
@@ -31,6 +31,7 @@ version); anything that changes the meaning of an existing field bumps ``schema_
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -253,13 +254,14 @@ class ResultRecord:
             run_id=run_id or new_run_id(), task=task, engine=engine,
             metrics={k: float(v) for k, v in metrics.items()},
             checkpoint=checkpoint if isinstance(checkpoint, CheckpointInfo) else CheckpointInfo(**checkpoint),
-            seed=seed, config=cfg, config_hash=config_hash(cfg), provenance=dict(provenance),
+            seed=seed, config=cfg, config_hash=config_hash(cfg), provenance=copy.deepcopy(dict(provenance)),
             status=status, error=error, artifacts=dict(artifacts) if artifacts is not None else None,
         )
         validate_record_dict(record.to_dict())
         return record
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON object (a deep copy: editing it does not change the record)."""
         d: dict[str, Any] = {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
@@ -274,9 +276,9 @@ class ResultRecord:
                 "pretrain_epochs": self.checkpoint.pretrain_epochs,
             },
             "seed": self.seed,
-            "config": self.config,
+            "config": copy.deepcopy(self.config),
             "config_hash": self.config_hash,
-            "provenance": self.provenance,
+            "provenance": copy.deepcopy(self.provenance),
             "status": self.status,
             "error": self.error,
         }

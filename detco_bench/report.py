@@ -352,9 +352,6 @@ class ReportTable:
     metrics: list[str]
     rows: list[TableRow]
 
-    def cell(self, row: TableRow, metric: str, pm: str = "±") -> str:
-        return format_cell(row, metric, pm)
-
     def to_frame(self) -> pd.DataFrame:
         """The table as display strings (what Markdown / HTML / LaTeX show)."""
         data = [[row.task, row_label(row), row.engine, "" if row.n is None else str(row.n),
@@ -448,6 +445,8 @@ def build_tables(
             for g in task_groups:
                 rows.append(TableRow("measured", task, g.label, g.engine, g.n, dict(g.mean), dict(g.std)))
                 for base_method in BASELINES:
+                    if base_method == "mocov2" and g.method in ("random", "supervised"):
+                        continue  # the paper compares pretraining methods with MoCo v2 only
                     base = pick_baseline(base_method, task, g.engine, groups, refs, reference_name,
                                          g.epochs)
                     if base is None or base[2] == g.key:
@@ -504,29 +503,35 @@ def run_check(groups: Sequence[Group], reference: pd.DataFrame, k: float = 2.0,
     refs = reference_entries(reference)
     rows = []
     for g in groups:
-        entries, ambiguous = match_reference(refs.get(g.task, []), g.method, g.epochs)
+        candidates = [e for e in refs.get(g.task, []) if e.method == g.method]
+        if not candidates:
+            continue
         base = {"task": g.task, "checkpoint": g.label, "method": g.method, "pretrain_epochs": g.epochs,
                 "engine": g.engine}
+        same_engine = [e for e in candidates if e.engine == g.engine]
+        if not same_engine:
+            engines = ", ".join(sorted({e.engine for e in candidates}))
+            shown, _ = match_reference(candidates, g.method, g.epochs)  # value shown if unambiguous
+            ref_metrics = {m for e in candidates for m in e.values}
+            for metric in sorted(ref_metrics & set(g.mean), key=metric_sort_key):
+                ref_e = next((e for e in shown if metric in e.values), None)
+                rows.append({**base, "metric": metric, "n": g.count[metric], "mean": g.mean[metric],
+                             "std": g.std[metric], "reference": ref_e.values[metric] if ref_e else None,
+                             "spread": ref_e.spreads[metric] if ref_e else None,
+                             "status": STATUS_NOT_COMPARABLE, "note": f"reference engine: {engines}"})
+            continue
+        entries, ambiguous = match_reference(same_engine, g.method, g.epochs)
         if ambiguous:
-            ref_metrics = {m for e in refs.get(g.task, []) if e.method == g.method for m in e.values}
+            ref_metrics = {m for e in same_engine for m in e.values}
             for metric in sorted(ref_metrics & set(g.mean), key=metric_sort_key):
                 rows.append({**base, "metric": metric, "n": g.count[metric], "mean": g.mean[metric],
                              "std": g.std[metric], "status": STATUS_AMBIGUOUS, "note": ambiguous})
             continue
-        same_engine = [e for e in entries if e.engine == g.engine]
-        if not same_engine:
-            ref_metrics = {m for e in entries for m in e.values}
-            engines = ", ".join(sorted({e.engine for e in entries}))
-            for metric in sorted(ref_metrics & set(g.mean), key=metric_sort_key):
-                ref_e = next(e for e in entries if metric in e.values)
-                rows.append({**base, "metric": metric, "n": g.count[metric], "mean": g.mean[metric],
-                             "std": g.std[metric], "reference": ref_e.values[metric],
-                             "spread": ref_e.spreads[metric], "status": STATUS_NOT_COMPARABLE,
-                             "note": f"reference engine: {engines}"})
-            continue
+        if not entries:
+            continue  # the reference has this method only for other pretraining epochs
         # Several rows for the same engine only differ by epochs when the record has epochs and
         # the reference has an epoch-less row too: the exact epochs win.
-        entry = sorted(same_engine, key=lambda e: e.epochs is None)[0]
+        entry = sorted(entries, key=lambda e: e.epochs is None)[0]
         for metric in sorted(set(entry.values) | set(g.mean), key=metric_sort_key):
             if metric not in entry.values:
                 continue
@@ -669,9 +674,7 @@ def plot_deltas(report: Report) -> bytes | None:
             if task in points[name]:
                 xs.append(j - 0.4 + width * (i + 0.5))
                 ys.append(points[name][task])
-        colors = ["#2a9d3f" if y >= HIGHLIGHT_DELTA - 1e-9 else "#c0392b" if y <= -HIGHLIGHT_DELTA + 1e-9
-                  else "#8c8c8c" for y in ys]
-        ax.bar(xs, ys, width=width * 0.9, color=colors, edgecolor="black", linewidth=0.4,
+        ax.bar(xs, ys, width=width * 0.9, color=f"C{i % 10}", edgecolor="black", linewidth=0.4,
                label=name if len(names) <= 12 else None)
         px = [j - 0.4 + width * (i + 0.5) for j, t in enumerate(tasks) if (name, t) in paper]
         py = [paper[(name, t)] for t in tasks if (name, t) in paper]
@@ -734,7 +737,9 @@ def read_metrics_log(path: Path) -> dict[str, list[tuple[float, float]]]:
     return curves
 
 
-def plot_training_curves(records: Sequence[ResultRecord], max_runs: int = 12, max_keys: int = 4) -> bytes | None:
+def plot_training_curves(
+    records: Sequence[ResultRecord], max_runs: int = 12, max_keys: int = 4
+) -> bytes | None:
     """One panel per loss key (total loss first), one line per run with a metrics log."""
     from matplotlib.figure import Figure
 
@@ -919,7 +924,8 @@ tr.reference td{color:#555;font-style:italic}tr.delta td{font-size:.9em}
 
 def _html_frame(df: pd.DataFrame, right: Sequence[str] = (), status_col: str | None = None) -> str:
     esc = html.escape
-    out = ["<table><thead><tr>" + "".join(f"<th>{esc(str(c))}</th>" for c in df.columns) + "</tr></thead><tbody>"]
+    head = "".join(f"<th>{esc(str(c))}</th>" for c in df.columns)
+    out = [f"<table><thead><tr>{head}</tr></thead><tbody>"]
     for row in df.itertuples(index=False):
         cells = []
         for c, v in zip(df.columns, row, strict=True):

@@ -275,6 +275,8 @@ def mask_to_cityscapes_polygon(mask: np.ndarray) -> list[list[int]]:
     the one-pixel lines it draws along the slits.
     """
     loops = [_inset_to_pixel_centres(lp) for lp in _boundary_loops(mask)]
+    if not loops:
+        raise ValueError("cannot describe an empty mask with a polygon")
     loops.sort(key=lambda lp: (-abs(_area2(lp)), lp[0]))
     poly: list[Any] = list(loops[0])
     for lp in loops[1:]:
@@ -338,10 +340,13 @@ def _progress(total: int, description: str, enabled: bool) -> Iterator[Callable[
     if not enabled or total < PROGRESS_MIN_IMAGES:
         yield lambda: None
         return
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    console = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), transient=True) as bar:
+                  TimeRemainingColumn(), console=console, transient=True,
+                  disable=not console.is_terminal) as bar:
         task = bar.add_task(description, total=total)
         yield lambda: bar.advance(task)
 

@@ -1,0 +1,92 @@
+"""`detco-bench report`: result records -> paper-style tables, plots, and a CI check."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from detco_bench.errors import UserError, cli_errors
+
+DEFAULT_OUT = Path("results") / "report"
+DEFAULT_FORMATS = "terminal,md,csv,latex,html,png"
+
+
+def register(app: typer.Typer, data_app: typer.Typer) -> None:
+    @app.command()
+    @cli_errors
+    def report(
+        paths: list[Path] = typer.Argument(
+            None, help="Record files or folders (searched recursively for *.record.json). "
+            "Default: the results store ($DETCO_BENCH_RESULTS or results/runs)."),
+        out: Path = typer.Option(DEFAULT_OUT, "--out", help="Folder for the report files."),
+        formats: list[str] = typer.Option(
+            [DEFAULT_FORMATS], "--format", "-f",
+            help="Comma-separated: terminal, md, csv, latex, html, png (or 'all')."),
+        check: bool = typer.Option(
+            False, "--check", help="Compare with the reference; exit 1 if any metric regresses."),
+        reference: str = typer.Option(
+            "paper", "--reference", help="paper | smoke | path of a reference CSV file."),
+        k: float = typer.Option(2.0, "--k", help="Tolerance: fail below reference - k x spread."),
+        provenance: bool = typer.Option(
+            False, "--provenance", help="Add provenance columns (versions, commit, hashes, device...)."),
+    ) -> None:
+        """Aggregate result records into the paper's tables next to the published numbers."""
+        from rich.console import Console
+
+        from detco_bench import report as rep
+        from detco_bench.records import default_results_dir
+
+        try:
+            fmts = rep.parse_formats(formats)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        if not k >= 0:
+            raise UserError(f"--k must be >= 0, got {k}")
+        if paths:
+            missing = [p for p in paths if not p.exists()]
+            if missing:
+                raise UserError(f"no such file or folder: {missing[0]}")
+            scan = list(paths)
+        else:
+            scan = [default_results_dir()]
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} exists and is not a folder")
+
+        # Wide tables in logs and pipes (rich would wrap them at 80 columns); a terminal keeps its width.
+        width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200
+        out_console = Console(highlight=False, soft_wrap=False, width=width)
+        err = Console(stderr=True, highlight=False, soft_wrap=True)
+        if not paths and not scan[0].exists():
+            err.print(f"[yellow]warning:[/] the results store {scan[0]} does not exist yet (no records)")
+        result = rep.build_report(scan, reference=reference, check=check, k=k, provenance=provenance)
+        if result.skipped:
+            err.print(f"[yellow]warning:[/] skipped {len(result.skipped)} record file(s):")
+            for path, reason in result.skipped:
+                err.print(f"  {path}: {reason}", markup=False)
+        if not result.records:
+            err.print("[yellow]warning:[/] no successful result records found in "
+                      + ", ".join(str(p) for p in scan))
+
+        written = rep.write_report(result, out, fmts, out_console)
+        for path in written:
+            out_console.print(f"wrote {path}", markup=False, soft_wrap=True)
+
+        if result.check is not None:
+            if "terminal" not in fmts:  # the terminal tables already show it
+                fails = result.check.table[result.check.table.status == rep.STATUS_FAIL]
+                for row in fails.itertuples(index=False):
+                    err.print(f"FAIL {row.task} {row.checkpoint} ({row.engine}) {row.metric}: "
+                              f"{row.mean:.2f} < {row.threshold:.2f} "
+                              f"= {row.reference:g} - {k:g} x {row.spread:g}", markup=False)
+                out_console.print(result.check.summary_line(), markup=False, soft_wrap=True)
+            if result.check.compared == 0:
+                err.print("[bold yellow]warning: no reference metrics to compare[/] "
+                          f"(reference '{result.reference_name}': {len(result.reference)} row(s)); "
+                          "--check passes vacuously")
+            if result.check.failed:
+                err.print(f"[bold red]check failed:[/] {result.check.count(rep.STATUS_FAIL)} metric(s) "
+                          f"below reference - {k:g} x spread")
+                raise typer.Exit(1)
