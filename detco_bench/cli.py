@@ -39,6 +39,7 @@ def _register_commands() -> None:
     from detco_bench import cli_convert; cli_convert.register(app, data_app)  # noqa: E702
     from detco_bench import cli_data; cli_data.register(app, data_app)  # noqa: E702
     from detco_bench import cli_report; cli_report.register(app, data_app)  # noqa: E702
+    from detco_bench import cli_linear; cli_linear.register(app, data_app)  # noqa: E702
 
 
 _register_commands()

@@ -109,7 +109,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
                                         input_size=input_size)
         print_result(console, result.report, result.out, result.report_path)
         if not result.passed:
-            console.print(f"[bold red]verification FAILED[/bold red]: {result.out} was not written; "
+            kept = " (the existing file there is unchanged)" if result.out.exists() else ""
+            console.print(f"[bold red]verification FAILED[/bold red]: {result.out} was not written{kept}; "
                           f"report: {result.report_path}")
             for line in failure_summary(result.report["verification"]):
                 console.print(f"  - {line}")

@@ -30,7 +30,7 @@ import re
 import warnings
 import zipfile
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -159,15 +159,27 @@ def _pickle_globals(data: bytes) -> list[str] | None:
     """The names the first pickle in `data` would import, read from its opcodes without executing
     anything; None when `data` is not a complete pickle."""
     names: list[str] = []
-    strings: list[str] = []
+    pushed: list[str | None] = []  # what each opcode left on top: a string, or None for anything else
+    memo: dict[Any, str | None] = {}
     try:
         for op, arg, _pos in pickletools.genops(io.BytesIO(data)):
             if op.name in ("GLOBAL", "INST"):
                 names.append(str(arg).replace(" ", "."))
+                pushed.append(None)
             elif op.name == "STACK_GLOBAL":
-                names.append(".".join(strings[-2:]) if len(strings) >= 2 else "<unknown>")
-            elif isinstance(arg, str) and "UNICODE" in op.name:
-                strings.append(arg)
+                module, qualname = (pushed[-2:] if len(pushed) >= 2 else [None, None])
+                names.append(f"{module or '?'}.{qualname or '?'}")
+                pushed.append(None)
+            elif "UNICODE" in op.name or op.name.endswith("STRING"):
+                pushed.append(str(arg))
+            elif op.name == "MEMOIZE":
+                memo[len(memo)] = pushed[-1] if pushed else None
+            elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = pushed[-1] if pushed else None
+            elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                pushed.append(memo.get(arg))
+            else:
+                pushed.append(None)
     except Exception:  # any parse failure means "not a (complete) pickle"
         return None
     return sorted(set(names))
@@ -178,7 +190,7 @@ def _weights_only_detail(message: str) -> str:
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
     for ln in lines:
         if "GLOBAL" in ln:
-            return _one_line(ln.split(" Please use")[0], 160)
+            return _one_line(ln.split(" Please use")[0], 160).rstrip(".")
     for i, ln in enumerate(lines):
         if "WeightsUnpickler error" in ln:
             rest = ln.split("WeightsUnpickler error:", 1)[-1].strip()
@@ -189,6 +201,9 @@ def _weights_only_detail(message: str) -> str:
 
 
 _CORRUPT = "not a PyTorch checkpoint, or truncated / corrupt"
+_HARMLESS_GLOBALS = {"numpy.ndarray", "numpy.dtype", "collections.OrderedDict", "builtins.set",
+                     "numpy._core.multiarray._reconstruct", "numpy.core.multiarray._reconstruct",
+                     "numpy._core.multiarray.scalar", "numpy.core.multiarray.scalar"}
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:
@@ -227,6 +242,13 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
             found = _pickle_globals(path.read_bytes())
             parsed = found is not None
             names = found or []
+        harmless = all(n in _HARMLESS_GLOBALS or n.startswith("numpy.dtypes.") for n in names)
+        if names and harmless and not zipfile.is_zipfile(path):
+            # Only numpy arrays inside a plain pickle, e.g. a Detectron2 .pkl (what this command
+            # writes): safe in itself, but not a torch.save checkpoint.
+            raise UserError(
+                f"cannot read {path}: a plain Python pickle of numpy arrays (a Detectron2 .pkl?), not a "
+                "PyTorch checkpoint; convert the checkpoint it came from instead") from None
         if names or "GLOBAL" in detail:
             imports = f"; it imports {', '.join(names[:5])}" if names else ""
             raise UserError(
@@ -290,7 +312,7 @@ def _not_resnet(path: Path, keys: list[str], obj: Any) -> UserError:
         f"'layer1.0.conv1.weight': not a ResNet checkpoint")
 
 
-def _looks_torchvision(keys: list[str] | set[str]) -> bool:
+def _looks_torchvision(keys: Iterable[str]) -> bool:
     keys = set(keys)
     return "conv1.weight" in keys and any(k.startswith("layer1.0.") for k in keys)
 
@@ -415,14 +437,9 @@ def extract_backbone(obj: Any, fmt: str, path: str | os.PathLike = "checkpoint"
         if not _looks_torchvision(sd):
             raise UserError(f"{path}: --format torchvision needs 'conv1.weight' and 'layer1.0.*' keys in "
                             f"{where}; found {len(sd)} keys like {_examples(list(sd))}")
-        kept, dropped = {}, {}
-        for key, value in sd.items():
-            if key.split(".")[0] == "fc":
-                dropped[key] = REASON_CLASSIFIER
-            elif key == "conv1.weight" or key.startswith(("bn1.", "layer")):
-                kept[key] = value
-            else:
-                dropped[key] = _drop_reason(key, "torchvision")
+        # Everything but the classifier is backbone: a key torchvision's ResNet does not have is
+        # reported by the validation instead of being dropped here.
+        kept, dropped = _take(sd, "", "torchvision")
     return kept, dropped, notes
 
 
@@ -578,12 +595,9 @@ def load_backbone(path: str | os.PathLike, fmt: str = "auto") -> LoadedBackbone:
         notes.append(f"the checkpoint says arch {declared!r} but its weights are a {arch}; using {arch}")
     if meta.get("finished") is False:
         notes.append(f"the checkpoint is from an unfinished run (epoch {meta.get('epoch', '?')})")
-    sd, _ = _state_dict_of(obj)
-    n_source = len(_tensor_items(obj.get("model"))) + len(_tensor_items(obj.get("backbone"))) \
-        if fmt == "detco-bench" else len(sd)
     return LoadedBackbone(path=path, state_dict=state_dict, arch=arch, format=fmt, format_evidence=evidence,
                           format_detected=detected, dropped=dropped, notes=notes, meta=meta,
-                          source_num_keys=n_source)
+                          source_num_keys=len(backbone) + len(dropped))
 
 
 def load_backbone_state_dict(path: str | os.PathLike, fmt: str = "auto"
@@ -969,8 +983,9 @@ def failure_summary(verification: Mapping[str, Any]) -> list[str]:
             if "error" in s:
                 lines.append(f"{stage}: {s['error']}")
             else:
-                lines.append(f"{stage} features differ: max|diff| {s['max_abs_diff']:.3g} = "
-                             f"{s['rel_diff']:.3g} of scale {s['scale']:.3g} > {numerical['tolerance']:g}")
+                lines.append(f"{stage} features differ: max|diff| {s['max_abs_diff']:.3g}, relative "
+                             f"{s['rel_diff']:.3g} (scale {s['scale']:.3g}) > tolerance "
+                             f"{numerical['tolerance']:g}")
     return lines
 
 
