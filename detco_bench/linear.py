@@ -210,6 +210,7 @@ def run_protocol(backbone: FrozenBackbone, root: Path, classes: list[str], cfg: 
         raise UserError(f"batch size {cfg.batch_size} is not divisible by {world} processes")
     train_set = ImageFolder(str(root / "train"), transform=train_transform(cfg.image_size))
     val_set = ImageFolder(str(root / "val"), transform=val_transform(cfg.image_size))
+    torch.manual_seed(cfg.seed)
     head = linear_head(backbone.channels[-1], len(classes)).to(device)
     optimizer = _optimizer(head, cfg)
     start_epoch = 0
