@@ -477,9 +477,10 @@ def run_linear(checkpoint: Path, data: Path, out: Path, cfg: LinearConfig, *, fm
 
 
 def _device_name(device: torch.device) -> str:
+    procs = f", {dist_utils.world_size()} processes" if dist_utils.world_size() > 1 else ""
     if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)} x{dist_utils.world_size()}"
-    return f"cpu x{torch.get_num_threads()} threads"
+        return f"cuda:{torch.cuda.get_device_name(device)}{procs}"
+    return f"cpu x{torch.get_num_threads()} threads{procs}"
 
 
 def preset_config(mode: str, **overrides: Any) -> LinearConfig:

@@ -22,7 +22,15 @@ from typing import Any
 
 from detco_bench.errors import UserError
 
-FAMILIES: tuple[str, ...] = ("c4", "fpn", "retinanet", "keypoint", "voc_c4", "cityscapes_inst", "cityscapes_sem")
+FAMILIES: tuple[str, ...] = (
+    "c4",
+    "fpn",
+    "retinanet",
+    "keypoint",
+    "voc_c4",
+    "cityscapes_inst",
+    "cityscapes_sem",
+)
 EVALUATORS: tuple[str, ...] = ("coco", "voc", "cityscapes_instance", "cityscapes_sem_seg")
 
 BOX = ("bbox/AP", "bbox/AP50", "bbox/AP75")
@@ -74,17 +82,51 @@ class Task:
         return self.family in COCO_FORMAT_FAMILIES
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "family": self.family, "config": self.config, "train": list(self.train),
-                "test": list(self.test), "metrics": list(self.metrics), "reference": self.reference,
-                "evaluator": self.evaluator, "schedule": self.schedule, "max_iter": self.max_iter,
-                "ims_per_batch": self.ims_per_batch, "base_lr": self.base_lr, "description": self.description}
+        return {
+            "name": self.name,
+            "family": self.family,
+            "config": self.config,
+            "train": list(self.train),
+            "test": list(self.test),
+            "metrics": list(self.metrics),
+            "reference": self.reference,
+            "evaluator": self.evaluator,
+            "schedule": self.schedule,
+            "max_iter": self.max_iter,
+            "ims_per_batch": self.ims_per_batch,
+            "base_lr": self.base_lr,
+            "description": self.description,
+        }
 
 
-def _coco(name: str, family: str, config: str, schedule: str, max_iter: int, lr: float, metrics: tuple[str, ...],
-          reference: str, description: str, train: str = "coco_2017_train", test: str = "coco_2017_val") -> Task:
-    return Task(name=name, family=family, config=config, train=(train,), test=(test,), metrics=metrics,
-                reference=reference, evaluator="coco", schedule=schedule, max_iter=max_iter, ims_per_batch=16,
-                base_lr=lr, description=description)
+def _coco(
+    name: str,
+    family: str,
+    config: str,
+    schedule: str,
+    max_iter: int,
+    lr: float,
+    metrics: tuple[str, ...],
+    reference: str,
+    description: str,
+    train: str = "coco_2017_train",
+    test: str = "coco_2017_val",
+) -> Task:
+    return Task(
+        name=name,
+        family=family,
+        config=config,
+        train=(train,),
+        test=(test,),
+        metrics=metrics,
+        reference=reference,
+        evaluator="coco",
+        schedule=schedule,
+        max_iter=max_iter,
+        ims_per_batch=16,
+        base_lr=lr,
+        description=description,
+    )
 
 
 _C4 = "COCO Mask R-CNN R50-C4"
@@ -92,42 +134,163 @@ _FPN = "COCO Mask R-CNN R50-FPN"
 _RETINA = "COCO RetinaNet R50-FPN"
 
 _TASKS: tuple[Task, ...] = (
-    _coco("coco_c4_12k", "c4", "coco_R_50_C4_12k_moco.yaml", "12k", 12_000, 0.02, BOX + MASK, _C4,
-          "Mask R-CNN R50-C4 on COCO, 12k iterations"),
-    _coco("coco_c4_1x", "c4", "coco_R_50_C4_1x_moco.yaml", "1x (90k)", 90_000, 0.02, BOX + MASK, _C4,
-          "Mask R-CNN R50-C4 on COCO, 1x schedule"),
-    _coco("coco_c4_2x", "c4", "coco_R_50_C4_2x_moco.yaml", "2x (180k)", 180_000, 0.02, BOX + MASK, _C4,
-          "Mask R-CNN R50-C4 on COCO, 2x schedule"),
-    _coco("coco_fpn_12k", "fpn", "coco_R_50_FPN_12k_moco.yaml", "12k", 12_000, 0.02, BOX + MASK, _FPN,
-          "Mask R-CNN R50-FPN on COCO, 12k iterations (also the semi-supervised --subset setting)"),
-    _coco("coco_fpn_1x", "fpn", "coco_R_50_FPN_1x_moco.yaml", "1x (90k)", 90_000, 0.02, BOX + MASK, _FPN,
-          "Mask R-CNN R50-FPN on COCO, 1x schedule"),
-    _coco("coco_fpn_2x", "fpn", "coco_R_50_FPN_2x_moco.yaml", "2x (180k)", 180_000, 0.02, BOX + MASK, _FPN,
-          "Mask R-CNN R50-FPN on COCO, 2x schedule"),
-    _coco("retinanet_12k", "retinanet", "coco_R_50_RetinaNet_12k_moco.yaml", "12k", 12_000, 0.01, BOX, _RETINA,
-          "RetinaNet R50-FPN on COCO, 12k iterations (also the semi-supervised --subset setting)"),
-    _coco("retinanet_1x", "retinanet", "coco_R_50_RetinaNet_1x_moco.yaml", "1x (90k)", 90_000, 0.01, BOX, _RETINA,
-          "RetinaNet R50-FPN on COCO, 1x schedule"),
-    _coco("retinanet_2x", "retinanet", "coco_R_50_RetinaNet_2x_moco.yaml", "2x (180k)", 180_000, 0.01, BOX,
-          _RETINA, "RetinaNet R50-FPN on COCO, 2x schedule"),
-    _coco("keypoint_fpn_2x", "keypoint", "keypoint_rcnn_R_50_FPN_2x_moco.yaml", "2x (180k)", 180_000, 0.02,
-          KEYPOINTS, "COCO Keypoint R-CNN R50-FPN, 2x (180k)", "Keypoint R-CNN R50-FPN on COCO person keypoints, 2x",
-          train="keypoints_coco_2017_train", test="keypoints_coco_2017_val"),
-    Task(name="voc_c4_24k", family="voc_c4", config="pascal_voc_R_50_C4_24k_moco.yaml",
-         train=("voc_2007_trainval", "voc_2012_trainval"), test=("voc_2007_test",), metrics=BOX,
-         reference="PASCAL VOC07+12 Faster R-CNN R50-C4, 24k, test on VOC07", evaluator="voc", schedule="24k",
-         max_iter=24_000, ims_per_batch=16, base_lr=0.02,
-         description="Faster R-CNN R50-C4 on VOC07+12 trainval, tested on VOC07 test (mean of 5 trials)"),
-    Task(name="cityscapes_inst_fpn", family="cityscapes_inst", config="cityscapes_mask_rcnn_R_50_FPN_moco.yaml",
-         train=("cityscapes_fine_instance_seg_train",), test=("cityscapes_fine_instance_seg_val",),
-         metrics=("segm/AP", "segm/AP50"), reference="Cityscapes", evaluator="cityscapes_instance",
-         schedule="24k", max_iter=24_000, ims_per_batch=8, base_lr=0.01,
-         description="Mask R-CNN R50-FPN on Cityscapes fine (8 instance classes), cityscapesScripts AP"),
-    Task(name="cityscapes_sem", family="cityscapes_sem", config="cityscapes_fcn16s_R_50_moco.yaml",
-         train=("cityscapes_fine_sem_seg_train",), test=("cityscapes_fine_sem_seg_val",),
-         metrics=("sem_seg/mIoU",), reference="Cityscapes", evaluator="cityscapes_sem_seg", schedule="90k",
-         max_iter=90_000, ims_per_batch=16, base_lr=0.01,
-         description="FCN-16s-style semantic segmentation (dilated R50) on Cityscapes fine, 19 classes"),
+    _coco(
+        "coco_c4_12k",
+        "c4",
+        "coco_R_50_C4_12k_moco.yaml",
+        "12k",
+        12_000,
+        0.02,
+        BOX + MASK,
+        _C4,
+        "Mask R-CNN R50-C4 on COCO, 12k iterations",
+    ),
+    _coco(
+        "coco_c4_1x",
+        "c4",
+        "coco_R_50_C4_1x_moco.yaml",
+        "1x (90k)",
+        90_000,
+        0.02,
+        BOX + MASK,
+        _C4,
+        "Mask R-CNN R50-C4 on COCO, 1x schedule",
+    ),
+    _coco(
+        "coco_c4_2x",
+        "c4",
+        "coco_R_50_C4_2x_moco.yaml",
+        "2x (180k)",
+        180_000,
+        0.02,
+        BOX + MASK,
+        _C4,
+        "Mask R-CNN R50-C4 on COCO, 2x schedule",
+    ),
+    _coco(
+        "coco_fpn_12k",
+        "fpn",
+        "coco_R_50_FPN_12k_moco.yaml",
+        "12k",
+        12_000,
+        0.02,
+        BOX + MASK,
+        _FPN,
+        "Mask R-CNN R50-FPN on COCO, 12k iterations (also the semi-supervised --subset setting)",
+    ),
+    _coco(
+        "coco_fpn_1x",
+        "fpn",
+        "coco_R_50_FPN_1x_moco.yaml",
+        "1x (90k)",
+        90_000,
+        0.02,
+        BOX + MASK,
+        _FPN,
+        "Mask R-CNN R50-FPN on COCO, 1x schedule",
+    ),
+    _coco(
+        "coco_fpn_2x",
+        "fpn",
+        "coco_R_50_FPN_2x_moco.yaml",
+        "2x (180k)",
+        180_000,
+        0.02,
+        BOX + MASK,
+        _FPN,
+        "Mask R-CNN R50-FPN on COCO, 2x schedule",
+    ),
+    _coco(
+        "retinanet_12k",
+        "retinanet",
+        "coco_R_50_RetinaNet_12k_moco.yaml",
+        "12k",
+        12_000,
+        0.01,
+        BOX,
+        _RETINA,
+        "RetinaNet R50-FPN on COCO, 12k iterations (also the semi-supervised --subset setting)",
+    ),
+    _coco(
+        "retinanet_1x",
+        "retinanet",
+        "coco_R_50_RetinaNet_1x_moco.yaml",
+        "1x (90k)",
+        90_000,
+        0.01,
+        BOX,
+        _RETINA,
+        "RetinaNet R50-FPN on COCO, 1x schedule",
+    ),
+    _coco(
+        "retinanet_2x",
+        "retinanet",
+        "coco_R_50_RetinaNet_2x_moco.yaml",
+        "2x (180k)",
+        180_000,
+        0.01,
+        BOX,
+        _RETINA,
+        "RetinaNet R50-FPN on COCO, 2x schedule",
+    ),
+    _coco(
+        "keypoint_fpn_2x",
+        "keypoint",
+        "keypoint_rcnn_R_50_FPN_2x_moco.yaml",
+        "2x (180k)",
+        180_000,
+        0.02,
+        KEYPOINTS,
+        "COCO Keypoint R-CNN R50-FPN, 2x (180k)",
+        "Keypoint R-CNN R50-FPN on COCO person keypoints, 2x",
+        train="keypoints_coco_2017_train",
+        test="keypoints_coco_2017_val",
+    ),
+    Task(
+        name="voc_c4_24k",
+        family="voc_c4",
+        config="pascal_voc_R_50_C4_24k_moco.yaml",
+        train=("voc_2007_trainval", "voc_2012_trainval"),
+        test=("voc_2007_test",),
+        metrics=BOX,
+        reference="PASCAL VOC07+12 Faster R-CNN R50-C4, 24k, test on VOC07",
+        evaluator="voc",
+        schedule="24k",
+        max_iter=24_000,
+        ims_per_batch=16,
+        base_lr=0.02,
+        description="Faster R-CNN R50-C4 on VOC07+12 trainval, tested on VOC07 test (mean of 5 trials)",
+    ),
+    Task(
+        name="cityscapes_inst_fpn",
+        family="cityscapes_inst",
+        config="cityscapes_mask_rcnn_R_50_FPN_moco.yaml",
+        train=("cityscapes_fine_instance_seg_train",),
+        test=("cityscapes_fine_instance_seg_val",),
+        metrics=("segm/AP", "segm/AP50"),
+        reference="Cityscapes",
+        evaluator="cityscapes_instance",
+        schedule="24k",
+        max_iter=24_000,
+        ims_per_batch=8,
+        base_lr=0.01,
+        description="Mask R-CNN R50-FPN on Cityscapes fine (8 instance classes), cityscapesScripts AP",
+    ),
+    Task(
+        name="cityscapes_sem",
+        family="cityscapes_sem",
+        config="cityscapes_fcn16s_R_50_moco.yaml",
+        train=("cityscapes_fine_sem_seg_train",),
+        test=("cityscapes_fine_sem_seg_val",),
+        metrics=("sem_seg/mIoU",),
+        reference="Cityscapes",
+        evaluator="cityscapes_sem_seg",
+        schedule="90k",
+        max_iter=90_000,
+        ims_per_batch=16,
+        base_lr=0.01,
+        description="FCN-16s-style semantic segmentation (dilated R50) on Cityscapes fine, 19 classes",
+    ),
 )
 
 TASKS: dict[str, Task] = {t.name: t for t in _TASKS}
@@ -174,8 +337,10 @@ def check_subset(task: Task, subset: str | None) -> str | None:
     """Validate a subset for a task; returns the canonical spelling or None."""
     canonical = normalize_subset(subset)
     if canonical and not task.supports_subset:
-        raise UserError(f"--subset applies to COCO tasks ({', '.join(t.name for t in _TASKS if t.supports_subset)}); "
-                        f"{task.name} trains on {', '.join(task.train)}")
+        raise UserError(
+            f"--subset applies to COCO tasks ({', '.join(t.name for t in _TASKS if t.supports_subset)}); "
+            f"{task.name} trains on {', '.join(task.train)}"
+        )
     return canonical
 
 
@@ -205,7 +370,9 @@ def subset_image_ids(image_ids: Sequence[Any], fraction: float, seed: int) -> li
     return [i for i in ids if i in chosen]
 
 
-def write_subset_json(src: str | os.PathLike, dst: str | os.PathLike, fraction: float, seed: int) -> dict[str, Any]:
+def write_subset_json(
+    src: str | os.PathLike, dst: str | os.PathLike, fraction: float, seed: int
+) -> dict[str, Any]:
     """Write a COCO-format json with a `fraction` subset of the images of `src` (and only their
     annotations; categories and other top-level fields unchanged) to `dst`, atomically.
 
@@ -229,11 +396,21 @@ def write_subset_json(src: str | os.PathLike, dst: str | os.PathLike, fraction: 
     out["images"] = [img for img in data["images"] if img["id"] in keep]
     out["annotations"] = [a for a in data.get("annotations", []) if a["image_id"] in keep]
     info = dict(data.get("info") or {})
-    info["detco_bench_subset"] = {"source": str(src), "fraction": fraction, "seed": seed,
-                                  "images": len(out["images"]), "of_images": len(ids),
-                                  "rule": "first max(1, round(f*N)) images by sha256('detco-bench-subset:<seed>:<id>')"}
+    info["detco_bench_subset"] = {
+        "source": str(src),
+        "fraction": fraction,
+        "seed": seed,
+        "images": len(out["images"]),
+        "of_images": len(ids),
+        "rule": "first max(1, round(f*N)) images by sha256('detco-bench-subset:<seed>:<id>')",
+    }
     out["info"] = info
     atomic_write_text(dst, json.dumps(out, separators=(",", ":")))
     digest = hashlib.sha256(",".join(str(i) for i in sorted(keep, key=str)).encode()).hexdigest()
-    return {"path": str(dst), "images": len(out["images"]), "of_images": len(ids),
-            "annotations": len(out["annotations"]), "image_ids_sha256": digest}
+    return {
+        "path": str(dst),
+        "images": len(out["images"]),
+        "of_images": len(ids),
+        "annotations": len(out["annotations"]),
+        "image_ids_sha256": digest,
+    }

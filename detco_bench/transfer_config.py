@@ -199,13 +199,15 @@ def parse_opts(opts: Sequence[str] | None) -> list[tuple[str, Any]]:
     """``["SOLVER.MAX_ITER", "5", ...]`` -> [("SOLVER.MAX_ITER", 5), ...] (values decoded)."""
     opts = list(opts or [])
     if len(opts) % 2:
-        raise UserError(f"--opts needs KEY VALUE pairs; got an odd number of items ({len(opts)}): "
-                        f"{' '.join(opts)}")
+        raise UserError(
+            f"--opts needs KEY VALUE pairs; got an odd number of items ({len(opts)}): {' '.join(opts)}"
+        )
     pairs: list[tuple[str, Any]] = []
     for key, raw in zip(opts[0::2], opts[1::2], strict=True):
         if not _KEY_RE.match(key):
-            raise UserError(f"--opts: {key!r} is not a config key (expected upper-case dotted names like "
-                            "SOLVER.MAX_ITER)")
+            raise UserError(
+                f"--opts: {key!r} is not a config key (expected upper-case dotted names like SOLVER.MAX_ITER)"
+            )
         pairs.append((key, decode_value(raw)))
     return pairs
 
@@ -234,12 +236,16 @@ def coerce_value(key: str, value: Any, original: Any) -> Any:
         if isinstance(value, (list, tuple)):
             return [list(v) if isinstance(v, tuple) else v for v in value]
     elif isinstance(original, Mapping):
-        raise UserError(f"--opts: {key} is a config section, not a value; set one of its keys "
-                        f"({', '.join(sorted(original)[:4])}, ...)")
+        raise UserError(
+            f"--opts: {key} is a config section, not a value; set one of its keys "
+            f"({', '.join(sorted(original)[:4])}, ...)"
+        )
     else:
         return value
-    raise UserError(f"--opts: {key} expects a {_type_name(original)} (like {original!r}), got {value!r} "
-                    f"({_type_name(value)})")
+    raise UserError(
+        f"--opts: {key} expects a {_type_name(original)} (like {original!r}), got {value!r} "
+        f"({_type_name(value)})"
+    )
 
 
 KnownDefaults = Callable[[], Mapping[str, Any] | None]
@@ -259,8 +265,11 @@ def detectron2_defaults() -> dict[str, Any] | None:
     return flat
 
 
-def apply_opts(cfg: Mapping[str, Any], opts: Sequence[str] | Iterable[tuple[str, Any]] | None,
-               known: KnownDefaults | None = detectron2_defaults) -> Config:
+def apply_opts(
+    cfg: Mapping[str, Any],
+    opts: Sequence[str] | Iterable[tuple[str, Any]] | None,
+    known: KnownDefaults | None = detectron2_defaults,
+) -> Config:
     """A new config with `opts` applied (a flat ``[KEY, VALUE, ...]`` list or parsed pairs).
 
     A key must exist in `cfg`, or, when `known` returns detectron2's defaults, in those (it is then
@@ -281,11 +290,16 @@ def apply_opts(cfg: Mapping[str, Any], opts: Sequence[str] | Iterable[tuple[str,
             else:
                 if defaults and any(k.startswith(key + ".") for k in defaults):
                     raise UserError(f"--opts: {key} is a config section, not a value")
-                why = ("neither in the task's config nor in detectron2's defaults" if defaults
-                       else "not in the task's config (detectron2 is not importable to check its full key set)")
+                why = (
+                    "neither in the task's config nor in detectron2's defaults"
+                    if defaults
+                    else "not in the task's config (detectron2 is not importable to check its full key set)"
+                )
                 close = _close_keys(key, out)
-                raise UserError(f"--opts: unknown config key {key}: {why}"
-                                + (f"; did you mean {', '.join(close)}?" if close else ""))
+                raise UserError(
+                    f"--opts: unknown config key {key}: {why}"
+                    + (f"; did you mean {', '.join(close)}?" if close else "")
+                )
         set_key(out, key, coerce_value(key, value, current))
     return out
 
@@ -311,8 +325,9 @@ def task_config(task: Any) -> Config:
     return load_config_file(task)
 
 
-def effective_config(task: Any, opts: Sequence[str] | None = None,
-                     known: KnownDefaults | None = detectron2_defaults) -> Config:
+def effective_config(
+    task: Any, opts: Sequence[str] | None = None, known: KnownDefaults | None = detectron2_defaults
+) -> Config:
     """The effective config of a task: its YAML chain merged, then `opts` (``[KEY, VALUE, ...]``)
     applied. A plain nested dict with JSON-compatible values (lists, not tuples)."""
     return apply_opts(task_config(task), opts, known=known)
@@ -326,7 +341,8 @@ def to_yaml(cfg: Mapping[str, Any]) -> str:
 
     def _list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
         flow = all(not isinstance(v, (dict, list)) for v in data) or all(
-            isinstance(v, list) and all(not isinstance(x, (dict, list)) for x in v) for v in data)
+            isinstance(v, list) and all(not isinstance(x, (dict, list)) for x in v) for v in data
+        )
         return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
 
     _Dumper.add_representer(list, _list)
@@ -336,8 +352,11 @@ def to_yaml(cfg: Mapping[str, Any]) -> str:
 
 def bn_norm_keys(cfg: Mapping[str, Any]) -> list[str]:
     """Dotted keys of normalization settings that use synchronized BatchNorm."""
-    return [k for k, v in flatten(cfg).items()
-            if k.rsplit(".", 1)[-1] == "NORM" and isinstance(v, str) and v in SYNC_BN_NAMES]
+    return [
+        k
+        for k, v in flatten(cfg).items()
+        if k.rsplit(".", 1)[-1] == "NORM" and isinstance(v, str) and v in SYNC_BN_NAMES
+    ]
 
 
 SYNC_BN_NAMES: tuple[str, ...] = ("SyncBN", "naiveSyncBN", "naiveSyncBN_N", "nnSyncBN")

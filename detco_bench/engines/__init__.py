@@ -1,0 +1,104 @@
+"""Transfer engines: the registry behind ``detco-bench transfer --engine``.
+
+An engine is an object with ``name``, ``available() -> str | None`` (None when usable, else why
+not, one line) and ``run(plan) -> Path`` (train + evaluate one `TransferPlan`, write the result
+record, return its path). Engines are imported lazily: importing this package never imports
+detectron2 or an engine module. See docs/transfer.md for the contract an engine implements.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from detco_bench.errors import UserError
+
+if TYPE_CHECKING:
+    from detco_bench.transfer import TransferPlan
+
+ENGINE_NAMES: tuple[str, ...] = ("detectron2", "torchvision")
+ENGINE_CHOICES: tuple[str, ...] = ("auto", *ENGINE_NAMES)
+
+#: Which converted weights each engine loads (the `detco-bench convert` target).
+WEIGHTS_TARGET: dict[str, str] = {"detectron2": "detectron2", "torchvision": "torchvision"}
+
+TORCHVISION_ENGINE_MODULE = "detco_bench.engines.torchvision_engine"
+_TORCHVISION_ENGINE_PRESENT = importlib.util.find_spec(TORCHVISION_ENGINE_MODULE) is not None
+
+
+class Engine(Protocol):
+    name: str
+
+    def available(self) -> str | None: ...
+
+    def run(self, plan: TransferPlan) -> Path: ...
+
+
+class _ModuleEngine:
+    """An engine implemented by `module.run(plan)`, imported on first use."""
+
+    def __init__(self, name: str, module: str) -> None:
+        self.name = name
+        self.module = module
+
+    def available(self) -> str | None:
+        return None
+
+    def run(self, plan: TransferPlan) -> Path:
+        reason = self.available()
+        if reason is not None:
+            raise UserError(f"the {self.name} engine is not usable here: {reason}")
+        return importlib.import_module(self.module).run(plan)
+
+    def __repr__(self) -> str:
+        return f"<engine {self.name} ({self.module})>"
+
+
+class _Detectron2Engine(_ModuleEngine):
+    def __init__(self) -> None:
+        super().__init__("detectron2", "detco_bench.engines.detectron2_engine")
+
+    def available(self) -> str | None:
+        from detco_bench.convert import detectron2_import_error
+
+        error = detectron2_import_error()
+        if error is None:
+            return None
+        from detco_bench.doctor import DETECTRON2_INSTALL_HINT
+
+        return f"detectron2 is not importable ({error}); {DETECTRON2_INSTALL_HINT}"
+
+
+class _TorchvisionEngine(_ModuleEngine):
+    def __init__(self) -> None:
+        super().__init__("torchvision", TORCHVISION_ENGINE_MODULE)
+
+    def available(self) -> str | None:
+        if not _TORCHVISION_ENGINE_PRESENT:
+            return "the torchvision engine is not available yet"
+        return None
+
+    def run(self, plan: TransferPlan) -> Path:
+        if not _TORCHVISION_ENGINE_PRESENT:
+            raise UserError("the torchvision engine is not available yet")
+        return super().run(plan)
+
+
+ENGINES: dict[str, Engine] = {"detectron2": _Detectron2Engine(), "torchvision": _TorchvisionEngine()}
+
+
+def get_engine(name: str) -> Engine:
+    engine = ENGINES.get(name)
+    if engine is None:
+        raise UserError(f"unknown engine {name!r}; choose one of {', '.join(ENGINE_CHOICES)}")
+    return engine
+
+
+def resolve_engine(name: str) -> str:
+    """'auto' -> 'detectron2' when it is importable, else 'torchvision'; other names are checked."""
+    if name == "auto":
+        return "detectron2" if ENGINES["detectron2"].available() is None else "torchvision"
+    get_engine(name)
+    return name
