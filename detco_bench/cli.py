@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import typer
 from rich.console import Console
 
@@ -32,14 +34,13 @@ def doctor() -> None:
     raise typer.Exit(1 if problems else 0)
 
 
+# Modules that each define `register(app, data_app)` and add their commands.
+COMMAND_MODULES = ("cli_pretrain", "cli_convert", "cli_transfer", "cli_linear", "cli_report", "cli_data")
+
+
 def _register_commands() -> None:
-    """Commands that live in their own modules register themselves on `app` / `data_app`."""
-    # One line per command module (each defines `register(app, data_app)`).
-    from detco_bench import cli_pretrain; cli_pretrain.register(app, data_app)  # noqa: E702
-    from detco_bench import cli_convert; cli_convert.register(app, data_app)  # noqa: E702
-    from detco_bench import cli_data; cli_data.register(app, data_app)  # noqa: E702
-    from detco_bench import cli_report; cli_report.register(app, data_app)  # noqa: E702
-    from detco_bench import cli_linear; cli_linear.register(app, data_app)  # noqa: E702
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"detco_bench.{name}").register(app, data_app)
 
 
 _register_commands()

@@ -85,18 +85,28 @@ def register_components() -> None:
                 channels = input_shape[self.in_feature].channels
                 convs = []
                 for i in range(head.NUM_CONVS):
-                    conv = Conv2d(channels if i == 0 else head.CONVS_DIM, head.CONVS_DIM, kernel_size=3,
-                                  padding=head.DILATION, dilation=head.DILATION, bias=not head.NORM,
-                                  norm=get_norm(head.NORM, head.CONVS_DIM), activation=F.relu)
+                    conv = Conv2d(
+                        channels if i == 0 else head.CONVS_DIM,
+                        head.CONVS_DIM,
+                        kernel_size=3,
+                        padding=head.DILATION,
+                        dilation=head.DILATION,
+                        bias=not head.NORM,
+                        norm=get_norm(head.NORM, head.CONVS_DIM),
+                        activation=F.relu,
+                    )
                     weight_init.c2_msra_fill(conv)
                     convs.append(conv)
                 self.convs = nn.Sequential(*convs)
-                self.predictor = Conv2d(head.CONVS_DIM if convs else channels, head.NUM_CLASSES, kernel_size=1)
+                self.predictor = Conv2d(
+                    head.CONVS_DIM if convs else channels, head.NUM_CLASSES, kernel_size=1
+                )
                 nn.init.normal_(self.predictor.weight, 0, 0.001)
                 nn.init.constant_(self.predictor.bias, 0)
 
-            def forward(self, features: dict[str, torch.Tensor], targets: torch.Tensor | None = None
-                        ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+            def forward(
+                self, features: dict[str, torch.Tensor], targets: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
                 x = self.predictor(self.convs(features[self.in_feature]))
                 x = F.interpolate(x, scale_factor=self.common_stride, mode="bilinear", align_corners=False)
                 if self.training:
@@ -172,23 +182,42 @@ def register_datasets(plan: TransferPlan) -> None:
             meta = MetadataCatalog.get(name)
             if spec.keypoints:
                 names = spec.meta["keypoint_names"]
-                meta.set(keypoint_names=list(names),
-                         keypoint_flip_map=[tuple(p) for p in spec.meta.get("keypoint_flip_map", [])])
+                meta.set(
+                    keypoint_names=list(names),
+                    keypoint_flip_map=[tuple(p) for p in spec.meta.get("keypoint_flip_map", [])],
+                )
                 rules = spec.meta.get("keypoint_connection_rules")
                 if rules:
                     meta.set(keypoint_connection_rules=[(a, b, tuple(c)) for a, b, c in rules])
         elif spec.kind == "voc":
-            register_pascal_voc(name, spec.voc_dir, spec.split, int(spec.year or 2007),
-                                class_names=list(spec.meta["thing_classes"]))
+            register_pascal_voc(
+                name,
+                spec.voc_dir,
+                spec.split,
+                int(spec.year or 2007),
+                class_names=list(spec.meta["thing_classes"]),
+            )
         elif spec.kind == "cityscapes_instance":
-            DatasetCatalog.register(name, lambda i=spec.image_root, g=spec.gt_dir: _cityscapes_instance_dicts(i, g))
-            MetadataCatalog.get(name).set(thing_classes=list(spec.meta["thing_classes"]), image_dir=spec.image_root,
-                                          gt_dir=spec.gt_dir, evaluator_type="cityscapes_instance")
+            DatasetCatalog.register(
+                name, lambda i=spec.image_root, g=spec.gt_dir: _cityscapes_instance_dicts(i, g)
+            )
+            MetadataCatalog.get(name).set(
+                thing_classes=list(spec.meta["thing_classes"]),
+                image_dir=spec.image_root,
+                gt_dir=spec.gt_dir,
+                evaluator_type="cityscapes_instance",
+            )
         elif spec.kind == "cityscapes_sem_seg":
-            DatasetCatalog.register(name, lambda i=spec.image_root, g=spec.gt_dir: load_cityscapes_semantic(i, g))
-            MetadataCatalog.get(name).set(stuff_classes=list(spec.meta["stuff_classes"]), ignore_label=255,
-                                          image_dir=spec.image_root, gt_dir=spec.gt_dir,
-                                          evaluator_type="cityscapes_sem_seg")
+            DatasetCatalog.register(
+                name, lambda i=spec.image_root, g=spec.gt_dir: load_cityscapes_semantic(i, g)
+            )
+            MetadataCatalog.get(name).set(
+                stuff_classes=list(spec.meta["stuff_classes"]),
+                ignore_label=255,
+                image_dir=spec.image_root,
+                gt_dir=spec.gt_dir,
+                evaluator_type="cityscapes_sem_seg",
+            )
         else:
             raise ValueError(f"unknown dataset kind {spec.kind!r} for {name}")
 
@@ -266,9 +295,16 @@ def trainer_class(plan: TransferPlan) -> type:
             out = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
             kind = specs[dataset_name].kind
             if kind == "coco":
-                return COCOEvaluator(dataset_name, tasks=None, distributed=True, output_dir=out,
-                                     max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE, use_fast_impl=False,
-                                     kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS, allow_cached_coco=False)
+                return COCOEvaluator(
+                    dataset_name,
+                    tasks=None,
+                    distributed=True,
+                    output_dir=out,
+                    max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+                    use_fast_impl=False,
+                    kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS,
+                    allow_cached_coco=False,
+                )
             if kind == "voc":
                 return PascalVOCDetectionEvaluator(dataset_name)
             if kind == "cityscapes_instance":
@@ -282,16 +318,30 @@ def trainer_class(plan: TransferPlan) -> type:
             if cfg.MODEL.META_ARCHITECTURE != "SemanticSegmentor":
                 return build_detection_train_loader(cfg)
             # Rescale first, then crop, then flip (detectron2's default mapper would crop first).
-            augs: list[Any] = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
-                                                    cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)]
+            augs: list[Any] = [
+                T.ResizeShortestEdge(
+                    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+                )
+            ]
             if cfg.INPUT.CROP.ENABLED:
-                augs.append(T.RandomCrop_CategoryAreaConstraint(
-                    cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE, cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
-                    cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE))
+                augs.append(
+                    T.RandomCrop_CategoryAreaConstraint(
+                        cfg.INPUT.CROP.TYPE,
+                        cfg.INPUT.CROP.SIZE,
+                        cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
+                        cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+                    )
+                )
             if cfg.INPUT.RANDOM_FLIP != "none":
-                augs.append(T.RandomFlip(horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
-                                         vertical=cfg.INPUT.RANDOM_FLIP == "vertical"))
-            return build_detection_train_loader(cfg, mapper=DatasetMapper(cfg, is_train=True, augmentations=augs))
+                augs.append(
+                    T.RandomFlip(
+                        horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
+                        vertical=cfg.INPUT.RANDOM_FLIP == "vertical",
+                    )
+                )
+            return build_detection_train_loader(
+                cfg, mapper=DatasetMapper(cfg, is_train=True, augmentations=augs)
+            )
 
     return Trainer
 
@@ -333,8 +383,12 @@ def _setup(plan: TransferPlan, cfg: Any) -> None:
     if comm.is_main_process():
         with open(os.path.join(out, "detectron2_config.yaml"), "w", encoding="utf-8") as f:
             f.write(cfg.dump())
-    logger.info("task %s, engine detectron2, world size %d, device %s", plan.task_label, comm.get_world_size(),
-                cfg.MODEL.DEVICE)
+    logger.info(
+        "task %s, engine detectron2, world size %d, device %s",
+        plan.task_label,
+        comm.get_world_size(),
+        cfg.MODEL.DEVICE,
+    )
     logger.info("batch/lr rule: %s", plan.scaling.get("summary"))
     for a in plan.adaptations:
         logger.info("adapted %s: %r -> %r (%s)", a["key"], a["from"], a["to"], a["why"])
@@ -394,8 +448,14 @@ def run(plan: TransferPlan) -> Path:
     if plan.world_size > 1:
         from detectron2.engine import launch
 
-        launch(_worker, plan.gpus, num_machines=plan.num_machines, machine_rank=plan.machine_rank,
-               dist_url=plan.dist_url, args=(plan.to_dict(),))
+        launch(
+            _worker,
+            plan.gpus,
+            num_machines=plan.num_machines,
+            machine_rank=plan.machine_rank,
+            dist_url=plan.dist_url,
+            args=(plan.to_dict(),),
+        )
         return plan.record_path
     path = _worker(plan.to_dict())
     return Path(path) if path else plan.record_path
