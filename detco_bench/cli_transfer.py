@@ -16,30 +16,15 @@ def _list_tasks(console: Console) -> None:
     from detco_bench.tasks import SUBSETS, TASKS
 
     table = Table(title="Transfer tasks", title_justify="left")
-    for col in (
-        "task",
-        "family",
-        "schedule",
-        "batch / lr",
-        "data (train -> test)",
-        "metrics",
-        "reference table",
-    ):
-        table.add_column(col, overflow="fold")
+    for col in ("task", "schedule", "batch / lr", "metrics", "reference table"):
+        table.add_column(col)
     for t in TASKS.values():
-        table.add_row(
-            t.name,
-            t.family,
-            t.schedule,
-            f"{t.ims_per_batch} / {t.base_lr:g}",
-            f"{', '.join(t.train)} -> {', '.join(t.test)}",
-            ", ".join(t.metrics),
-            t.reference,
-        )
+        metrics = sorted({m.split("/")[0] for m in t.metrics})
+        table.add_row(t.name, t.schedule, f"{t.ims_per_batch} / {t.base_lr:g}", ", ".join(metrics), t.reference)
     console.print(table)
     console.print(
         f"Semi-supervised COCO settings: --subset {'|'.join(SUBSETS)} with the COCO tasks "
-        "(recorded as <task>@<subset>, e.g. coco_fpn_12k@1%)."
+        "(recorded as <task>@<subset>, e.g. coco_fpn_12k@1%). Details: docs/transfer.md."
     )
 
 
@@ -76,9 +61,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             "auto", "--engine", help="auto|detectron2|torchvision (auto: detectron2 when importable)."
         ),
         list_tasks: bool = typer.Option(False, "--list", help="List the tasks and exit."),
-        print_config: bool = typer.Option(
-            False, "--print-config", help="Print the effective config as YAML and exit."
-        ),
+        print_config: bool = typer.Option(False, "--print-config", help="Print the effective config as YAML and exit."),
         dry_run: bool = typer.Option(
             False,
             "--dry-run",
@@ -88,12 +71,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             None, "--data-root", help="Datasets root (default $DETECTRON2_DATASETS or ./datasets)."
         ),
         subset: str | None = typer.Option(None, "--subset", help="Semi-supervised COCO: 1%|2%|5%|10%."),
-        subset_seed: int | None = typer.Option(
-            None, "--subset-seed", help="Seed of the subset (default --seed)."
-        ),
-        train_json: Path | None = typer.Option(
-            None, "--train-json", help="Custom COCO-format training json."
-        ),
+        subset_seed: int | None = typer.Option(None, "--subset-seed", help="Seed of the subset (default --seed)."),
+        train_json: Path | None = typer.Option(None, "--train-json", help="Custom COCO-format training json."),
         val_json: Path | None = typer.Option(None, "--val-json", help="Custom COCO-format validation json."),
         images: Path | None = typer.Option(None, "--images", help="Image folder of the custom jsons."),
         val_images: Path | None = typer.Option(
@@ -119,12 +98,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         method: str | None = typer.Option(
             None,
             "--method",
-            help="Method label of the checkpoint for the "
-            "record (detco, mocov2, ...; default: from the checkpoint).",
+            help="Method label of the checkpoint for the record (detco, mocov2, ...; default: from the checkpoint).",
         ),
-        pretrain_epochs: int | None = typer.Option(
-            None, "--pretrain-epochs", help="Pretraining epochs label."
-        ),
+        pretrain_epochs: int | None = typer.Option(None, "--pretrain-epochs", help="Pretraining epochs label."),
         checkpoint_format: str = typer.Option("auto", "--format", help="Checkpoint format (see convert)."),
         results: Path | None = typer.Option(
             None,
@@ -136,22 +112,23 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             "--cache-dir",
             help="Converted-weights cache (default $DETCO_BENCH_CACHE or ~/.cache/detco-bench).",
         ),
-        force: bool = typer.Option(
-            False, "--force", help="Rerun a finished job / replace another job's folder."
-        ),
+        force: bool = typer.Option(False, "--force", help="Rerun a finished job / replace another job's folder."),
     ) -> None:
         """Fine-tune a checkpoint on a benchmark task of the paper (MoCo/DetCo protocol) and write a
         result record. Overrides: --opts KEY VALUE ... (last, e.g. --opts SOLVER.MAX_ITER 100)."""
         from detco_bench.transfer import SlurmSpec, describe_plan, plan_transfer, run_transfer
         from detco_bench.transfer_config import to_yaml
 
-        console = Console()
+        console = Console(width=160) if list_tasks else Console()
         opts = _split_opts(list(ctx.args))
         if list_tasks:
             _list_tasks(console)
             return
         if task is None:
             raise UserError("--task is required (see --list)")
+        from detco_bench.tasks import get_task
+
+        get_task(task)
         if out is None:
             if not print_config:
                 raise UserError("--out is required")
@@ -170,9 +147,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             machine_rank=machine_rank,
             dist_url=dist_url,
             launcher=launcher,
-            slurm=SlurmSpec(
-                partition=partition, time_min=time_min, cpus_per_task=cpus_per_task, mem_gb=mem_gb
-            ),
+            slurm=SlurmSpec(partition=partition, time_min=time_min, cpus_per_task=cpus_per_task, mem_gb=mem_gb),
             seed=seed,
             data_root_dir=data_root,
             subset=subset,
@@ -218,9 +193,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         else:
             console.print(f"done: record {outcome.record}", markup=False, highlight=False)
 
-    prepare_app = typer.Typer(
-        help="Prepare downloaded datasets for the transfer tasks.", no_args_is_help=True
-    )
+    prepare_app = typer.Typer(help="Prepare downloaded datasets for the transfer tasks.", no_args_is_help=True)
     data_app.add_typer(prepare_app, name="prepare")
 
     @prepare_app.command("cityscapes")
@@ -229,8 +202,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         root: Path = typer.Option(
             ...,
             "--root",
-            help="The Cityscapes folder (with gtFine/), or a "
-            "DETECTRON2_DATASETS root containing cityscapes/.",
+            help="The Cityscapes folder (with gtFine/), or a DETECTRON2_DATASETS root containing cityscapes/.",
         ),
         instance_ids: bool = typer.Option(
             False, "--instance-ids", help="Also create missing *_gtFine_instanceIds.png from the polygons."
@@ -250,9 +222,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             def report(done: int, total: int) -> None:
                 progress.update(bar, completed=done, total=total)
 
-            summary = prepare_cityscapes(
-                root, instance_ids=instance_ids, force=force, workers=workers, progress=report
-            )
+            summary = prepare_cityscapes(root, instance_ids=instance_ids, force=force, workers=workers, progress=report)
         w, s = summary["written"], summary["skipped_existing"]
         typer.echo(
             f"{summary['root']}: {summary['polygon_files']} polygon files; wrote {w['labelTrainIds']} "

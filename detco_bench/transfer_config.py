@@ -161,14 +161,15 @@ def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 _MISSING = object()
+_NO_DEFAULT = object()
 
 
-def get_key(cfg: Mapping[str, Any], key: str, default: Any = _MISSING) -> Any:
+def get_key(cfg: Mapping[str, Any], key: str, default: Any = _NO_DEFAULT) -> Any:
     """The value at a dotted key ("SOLVER.BASE_LR"); `default` (or KeyError) when absent."""
     node: Any = cfg
     for part in key.split("."):
         if not isinstance(node, Mapping) or part not in node:
-            if default is _MISSING:
+            if default is _NO_DEFAULT:
                 raise KeyError(key)
             return default
         node = node[part]
@@ -199,9 +200,7 @@ def parse_opts(opts: Sequence[str] | None) -> list[tuple[str, Any]]:
     """``["SOLVER.MAX_ITER", "5", ...]`` -> [("SOLVER.MAX_ITER", 5), ...] (values decoded)."""
     opts = list(opts or [])
     if len(opts) % 2:
-        raise UserError(
-            f"--opts needs KEY VALUE pairs; got an odd number of items ({len(opts)}): {' '.join(opts)}"
-        )
+        raise UserError(f"--opts needs KEY VALUE pairs; got an odd number of items ({len(opts)}): {' '.join(opts)}")
     pairs: list[tuple[str, Any]] = []
     for key, raw in zip(opts[0::2], opts[1::2], strict=True):
         if not _KEY_RE.match(key):
@@ -242,10 +241,9 @@ def coerce_value(key: str, value: Any, original: Any) -> Any:
         )
     else:
         return value
-    raise UserError(
-        f"--opts: {key} expects a {_type_name(original)} (like {original!r}), got {value!r} "
-        f"({_type_name(value)})"
-    )
+    kind = _type_name(original)
+    article = "an" if kind[0] in "aeiou" else "a"
+    raise UserError(f"--opts: {key} expects {article} {kind} (like {original!r}), got {value!r} ({_type_name(value)})")
 
 
 KnownDefaults = Callable[[], Mapping[str, Any] | None]

@@ -88,9 +88,9 @@ def cosine_lr(base: float, step: int, total: int) -> float:
 
 def environment(device: torch.device) -> dict[str, Any]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__), "python": platform.python_version(),
-            "device": f"{device.type}:{name}", "world_size": dist_utils.world_size(),
-            "hostname": platform.node()}
+    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "python": platform.python_version(), "device": f"{device.type}:{name}",
+            "world_size": dist_utils.world_size(), "hostname": platform.node()}
 
 
 def _autocast(cfg: PretrainConfig, device: torch.device) -> tuple[Any, torch.dtype | None]:

@@ -141,3 +141,12 @@ def test_bad_data_paths(tmp_path: Path, setup: str, message: str) -> None:
 def test_fewer_images_than_one_batch(tmp_path: Path) -> None:
     with pytest.raises(PretrainInputError, match="fewer than one global batch"):
         train(tiny_config(synthetic_images=3), tmp_path / "run", show_progress=False)
+
+
+def test_amp_and_channels_last_step_on_cpu(tmp_path: Path) -> None:
+    """bf16 autocast + channels_last run end to end on the CPU and give finite losses."""
+    ckpt = train(tiny_config(epochs=1, max_steps=2, amp=True, channels_last=True), tmp_path / "run",
+                 show_progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(torch.isfinite(torch.tensor(x["loss"])) for x in lines)
+    assert load_checkpoint(ckpt)["step"] == 2
