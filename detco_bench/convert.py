@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from detco_bench.errors import UserError
+from detco_bench.records import sha256_file  # noqa: F401 - re-exported: part of this module's API
 
 FORMATS: tuple[str, ...] = ("detco-bench", "moco", "openselfsup", "torchvision")
 TARGETS: tuple[str, ...] = ("detectron2", "torchvision")
@@ -111,15 +112,6 @@ _NECK_NAMES = {"neck", "necks"}
 
 # --------------------------------------------------------------------------------------------
 # Small utilities
-
-
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes (checkpoint identity in reports and result records)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_size):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def report_path_for(out: str | os.PathLike) -> Path:

@@ -24,7 +24,14 @@ def tiny_config(**overrides: object) -> PretrainConfig:
 
 
 def detectron2_available() -> bool:
-    return importlib.util.find_spec("detectron2") is not None
+    """detectron2 imports (a broken install, e.g. without pkg_resources, counts as missing)."""
+    if importlib.util.find_spec("detectron2") is None:
+        return False
+    try:
+        import detectron2.config  # noqa: F401
+    except Exception:  # noqa: BLE001
+        return False
+    return True
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -351,7 +351,9 @@ def trainer_class(plan: TransferPlan) -> type:
 
 
 def flatten_results(results: Any) -> dict[str, float]:
-    """{"bbox": {"AP": 1.0}} -> {"bbox/AP": 1.0}; nested per-dataset dicts are flattened too."""
+    """{"bbox": {"AP": 1.0}} -> {"bbox/AP": 1.0}; nested per-dataset dicts are flattened too.
+    Values detectron2 reports as NaN (e.g. APl without large objects: "cannot be computed") are
+    left out, so a record only holds numbers."""
     flat: dict[str, float] = {}
 
     def walk(prefix: str, node: Any) -> None:
@@ -360,7 +362,7 @@ def flatten_results(results: Any) -> dict[str, float]:
                 walk(f"{prefix}/{k}" if prefix else str(k), v)
         elif isinstance(node, (int, float, np.floating, np.integer)) and not isinstance(node, bool):
             value = float(node)
-            if not math.isinf(value):
+            if math.isfinite(value):
                 flat[prefix] = value
 
     walk("", results)
