@@ -28,6 +28,43 @@ import numpy as np
 from detco_bench.transfer_data import CITYSCAPES_THING_IDS, CITYSCAPES_TRAINID_TO_ID
 
 
+class _NumpyCompat:
+    """numpy for cityscapesScripts 2.3: it calls ``np.in1d``, which numpy 2.4 removed; this
+    forwards everything to numpy and provides in1d as the flattened ``np.isin`` it was."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+    @staticmethod
+    def in1d(ar1: Any, ar2: Any, assume_unique: bool = False, invert: bool = False) -> np.ndarray:
+        return np.isin(np.asarray(ar1).ravel(), ar2, assume_unique=assume_unique, invert=invert)
+
+
+def _write_dict_json(data: Any, path: str) -> None:
+    """cityscapesScripts' writeDict2JSON, also accepting numpy scalars (numpy 2's count_nonzero
+    returns np.int64, which its ``default=lambda o: o.__dict__`` cannot serialize)."""
+    import json
+
+    def default(o: Any) -> Any:
+        return o.item() if isinstance(o, np.generic) else o.__dict__
+
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, default=default, sort_keys=True, indent=4))
+
+
+def _cityscapes_module(name: str) -> Any:
+    """A cityscapesScripts evaluation module, made to work with numpy 2 (module-local patches:
+    ``np.in1d``, removed in numpy 2.4, and JSON dumps of numpy scalars)."""
+    import importlib
+
+    module = importlib.import_module(f"cityscapesscripts.evaluation.{name}")
+    if not hasattr(np, "in1d") and not isinstance(module.np, _NumpyCompat):
+        module.np = _NumpyCompat()
+    if hasattr(module, "writeDict2JSON"):
+        module.writeDict2JSON = _write_dict_json
+    return module
+
+
 def _stem(image_file: str | os.PathLike) -> str:
     name = Path(image_file).name
     return name[: -len("_leftImg8bit.png")] if name.endswith("_leftImg8bit.png") else Path(name).stem
@@ -72,8 +109,7 @@ class SemanticWriter:
 
     def evaluate(self, gt_dir: str | os.PathLike, image_files: list[str] | None = None) -> dict[str, float]:
         """Score every prediction written so far against ``gt_dir/<city>/*_gtFine_labelIds.png``."""
-        import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as cs
-
+        cs = _cityscapes_module("evalPixelLevelSemanticLabeling")
         gt_dir = Path(gt_dir)
         preds = sorted(self.pred_dir.glob("*_pred.png"))
         if not preds:
@@ -133,8 +169,7 @@ class InstanceWriter:
 
     def evaluate(self, gt_dir: str | os.PathLike) -> dict[str, Any]:
         """Score every prediction written so far against ``gt_dir/<city>/*_gtFine_instanceIds.png``."""
-        import cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling as cs
-
+        cs = _cityscapes_module("evalInstanceLevelSemanticLabeling")
         gt_dir = Path(gt_dir)
         preds = sorted(self.pred_dir.glob("*_pred.txt"))
         if not preds:

@@ -35,7 +35,7 @@ def doctor() -> None:
 
 
 # Modules that each define `register(app, data_app)` and add their commands.
-COMMAND_MODULES = ("cli_pretrain", "cli_convert", "cli_transfer", "cli_linear", "cli_report", "cli_data")
+COMMAND_MODULES = ("cli_pretrain", "cli_convert", "cli_transfer", "cli_linear", "cli_report", "cli_run", "cli_data")
 
 
 def _register_commands() -> None:

@@ -547,8 +547,10 @@ def build_c4(s: Settings, arch: str, state: dict[str, Tensor] | None, num_classe
         res5,
         _box_predictor(res5_channels, num_classes),
         shared_res5=True,
-        mask_roi_pool=pooler if mask else None,
-        mask_head=res5 if mask else None,
+        # Res5ROIHeads' mask branch runs on the box branch's res5 features (D2RoIHeads.shared_res5):
+        # the pooler and res5 are the box branch's; the placeholders only switch the branch on.
+        mask_roi_pool=nn.Identity() if mask else None,
+        mask_head=nn.Identity() if mask else None,
         mask_predictor=_mask_predictor(res5_channels, num_classes, s.int("MODEL.ROI_MASK_HEAD.CONV_DIM"))
         if mask
         else None,

@@ -1,0 +1,172 @@
+"""`detco-bench run`: suites, skipping finished jobs, retries, a real kill, Slurm submission."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from typer.testing import CliRunner
+
+from detco_bench.cli import app
+from detco_bench.errors import UserError
+from detco_bench.pipeline import Job, PipelineConfig, job_command, parse_suite, run_pipeline, successful_record
+from detco_bench.records import read_record, scan_records
+from tests.test_linear import _easy_imagefolder
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+LINEAR_FAST = ("--epochs", "3", "--batch-size", "16", "--image-size", "32", "--workers", "0")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("pipe")
+    data = _easy_imagefolder(root / "easy", per_class_train=4, per_class_val=3)
+    torch.manual_seed(0)
+    ck = root / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), ck)
+    return ck, data
+
+
+def test_parse_suite() -> None:
+    jobs = parse_suite("coco_fpn_1x,linear:knn", seeds=2)
+    assert [j.name for j in jobs] == ["coco_fpn_1x-s0", "linear_knn-s0", "coco_fpn_1x-s1", "linear_knn-s1"]
+    assert {j.task for j in parse_suite("paper", 1) if j.kind == "transfer"} >= {"coco_fpn_1x", "voc_c4_24k",
+                                                                                  "cityscapes_sem"}
+    with pytest.raises(UserError, match="unknown task|no_such_task"):
+        parse_suite("no_such_task", 1)
+    with pytest.raises(UserError, match="unknown linear mode"):
+        parse_suite("linear:svm", 1)
+    with pytest.raises(UserError, match="--seeds"):
+        parse_suite("smoke", 0)
+
+
+def test_job_commands_carry_seed_engine_and_opts(tmp_path: Path) -> None:
+    cfg = PipelineConfig(checkpoint="ck.pth", suite="smoke", engine="torchvision", data_root="/d", linear_data="/l",
+                         extra_opts=("SOLVER.MAX_ITER", "5"))
+    cmd = job_command(Job("transfer", "coco_fpn_1x", seed=3, opts=("SOLVER.BASE_LR", "0.01")), cfg, tmp_path,
+                      tmp_path / "w.pth")
+    assert cmd[cmd.index("--seed") + 1] == "3" and cmd[cmd.index("--engine") + 1] == "torchvision"
+    assert cmd[cmd.index("--opts") + 1:] == ["SOLVER.BASE_LR", "0.01", "SOLVER.MAX_ITER", "5"]
+    assert cmd[cmd.index("--out") + 1] == str(tmp_path / "jobs" / "coco_fpn_1x-s3")
+    lin = job_command(Job("linear", "knn", seed=1), cfg, tmp_path, tmp_path / "w.pth")
+    assert lin[lin.index("--checkpoint") + 1] == "ck.pth" and "--resume" in lin
+
+
+def _linear_suite(ck: Path, data: Path, seeds: int = 1) -> PipelineConfig:
+    cfg = PipelineConfig(checkpoint=str(ck), suite="linear:knn,linear:fast", seeds=seeds, linear_data=str(data),
+                         device="cpu")
+    return cfg
+
+
+def test_runs_jobs_then_skips_them(setup: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                   ) -> None:
+    ck, data = setup
+    import detco_bench.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "parse_suite", lambda s, n: [Job("linear", "knn", 0, LINEAR_FAST)])
+    logs: list[str] = []
+    state = run_pipeline(_linear_suite(ck, data), tmp_path / "p", log=logs.append)
+    assert state["jobs"]["linear_knn-s0"]["status"] == "success"
+    first = Path(state["jobs"]["linear_knn-s0"]["record"])
+    assert read_record(first).task == "linear_knn.easy"
+    assert (tmp_path / "p" / "weights" / "backbone_torchvision.pth").is_file()
+    mtime = first.stat().st_mtime_ns
+    logs.clear()
+    run_pipeline(_linear_suite(ck, data), tmp_path / "p", log=logs.append)
+    assert any("[skip] linear_knn-s0" in line for line in logs) and not any("[run]" in x for x in logs)
+    assert first.stat().st_mtime_ns == mtime
+
+
+def test_failed_job_is_retried_then_reported(setup: tuple[Path, Path], tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    ck, data = setup
+    import detco_bench.pipeline as pipeline
+
+    # An invalid flag makes the job exit 2 every time.
+    monkeypatch.setattr(pipeline, "parse_suite", lambda s, n: [Job("linear", "knn", 0, ("--knn-k", "0"))])
+    logs: list[str] = []
+    cfg = _linear_suite(ck, data)
+    cfg.max_retries = 2
+    state = run_pipeline(cfg, tmp_path / "p", log=logs.append)
+    entry = state["jobs"]["linear_knn-s0"]
+    assert entry["status"] == "failed" and entry["attempts"] == 3 and entry["exit_code"] == 2
+    assert sum("[run] linear_knn-s0" in x for x in logs) == 3
+
+
+def test_real_kill_then_rerun_does_not_redo_finished_jobs(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    ck, data = setup
+    out = tmp_path / "p"
+    cmd = [sys.executable, "-m", "detco_bench.cli", "run", "--checkpoint", str(ck), "--out", str(out),
+           "--suite", "linear:knn", "--seeds", "3", "--linear-data", str(data), "--device", "cpu", "--no-report",
+           "--linear-flags", "--image-size 32 --workers 0"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if list((out / "jobs" / "linear_knn-s0").glob("*.record.json")):
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the pipeline and the job it is running, mid-flight
+    proc.wait()
+    first = list((out / "jobs" / "linear_knn-s0").glob("*.record.json"))
+    assert first, "the first job should have finished before the kill"
+    first_id = read_record(first[0]).run_id
+    state = json.loads((out / "pipeline.json").read_text())  # the state file survived the kill intact
+    assert state["plan"] == ["linear_knn-s0", "linear_knn-s1", "linear_knn-s2"]
+
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[skip] linear_knn-s0" in result.stdout
+    records, skipped = scan_records([out / "jobs"])
+    assert not skipped, skipped
+    assert sorted(r.seed for r in records) == [0, 1, 2]
+    assert read_record(first[0]).run_id == first_id
+    assert all(successful_record(out, Job("linear", "knn", s)) for s in range(3))
+
+
+def test_slurm_launcher_submits_one_job_per_task(setup: tuple[Path, Path], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("submitit")
+    ck, data = setup
+    monkeypatch.setenv("DETCO_BENCH_SUBMITIT_CLUSTER", "local")  # submitit runs the jobs as local processes
+    cfg = _linear_suite(ck, data, seeds=1)
+    cfg.launcher = "slurm"
+    import detco_bench.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "parse_suite", lambda s, n: [Job("linear", "knn", 0, LINEAR_FAST),
+                                                               Job("linear", "knn", 1, LINEAR_FAST)])
+    state = run_pipeline(cfg, tmp_path / "p", log=lambda m: None)
+    ids = [state["jobs"][f"linear_knn-s{s}"]["job_id"] for s in (0, 1)]
+    assert all(ids) and ids[0] != ids[1]
+    deadline = time.time() + 120
+    while time.time() < deadline and not all(successful_record(tmp_path / "p", Job("linear", "knn", s))
+                                              for s in (0, 1)):
+        time.sleep(0.5)
+    assert all(successful_record(tmp_path / "p", Job("linear", "knn", s)) for s in (0, 1))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--suite", "nope"], "unknown task"),
+    (["--suite", "linear:knn"], "--linear-data"),
+    (["--launcher", "pbs", "--suite", "linear:knn", "--linear-data", "x"], "launcher"),
+])
+def test_run_bad_input_exits_2(setup: tuple[Path, Path], tmp_path: Path, args: list[str], message: str) -> None:
+    ck, _ = setup
+    result = runner.invoke(app, ["run", "--checkpoint", str(ck), "--out", str(tmp_path / "p"), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+
+
+def test_run_missing_checkpoint_exits_2(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", "--checkpoint", str(tmp_path / "none.pth"), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "does not exist" in result.stderr
