@@ -419,6 +419,14 @@ def task_name(mode: str, dataset: str) -> str:
     return base if dataset == "imagenet" else f"{base}.{dataset}"
 
 
+def default_dataset_name(data: Path, classes: int) -> str:
+    """"imagenet" only for a 1000-class dataset; otherwise the folder's name (never plain "imagenet")."""
+    if classes == 1000:
+        return "imagenet"
+    name = data.resolve().name
+    return f"{name}-{classes}classes" if name.lower() == "imagenet" else name
+
+
 def prepare_out(out: Path, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} exists and is not a folder")
@@ -448,7 +456,7 @@ def run_linear(checkpoint: Path, data: Path, out: Path, cfg: LinearConfig, *, fm
             console.print(f"linear evaluation in {out} already finished: {done[0]}", soft_wrap=True)
             return done[0]
     sha = CheckpointInfo.from_file(checkpoint, "?", None).sha256 or ""
-    dataset = dataset_name or ("imagenet" if len(classes) == 1000 else data.name)
+    dataset = dataset_name or default_dataset_name(data, len(classes))
     backbone = FrozenBackbone(loaded).to(device)
     expected = fingerprint(backbone.trunk.state_dict())
     started, t0 = datetime.now(timezone.utc), time.time()

@@ -195,3 +195,11 @@ def test_cli_prints_metrics_and_record(easy_data: Path, random_resnet18: Path, t
                                  "--workers", "0", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "linear_knn.easy: knn_top1" in result.stdout and "record: " in result.stdout
+
+
+def test_only_a_1000_class_dataset_is_called_imagenet(tmp_path: Path) -> None:
+    from detco_bench.linear import default_dataset_name
+
+    assert default_dataset_name(tmp_path / "imagenet", 1000) == "imagenet"
+    assert default_dataset_name(tmp_path / "imagenet", 4) == "imagenet-4classes"
+    assert default_dataset_name(tmp_path / "easy", 4) == "easy"
