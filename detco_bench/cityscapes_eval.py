@@ -151,9 +151,7 @@ class InstanceWriter:
         self.pred_dir = self.work_dir / "pred"
         self.pred_dir.mkdir(parents=True, exist_ok=True)
 
-    def add(
-        self, image_file: str | os.PathLike, masks: np.ndarray, classes: np.ndarray, scores: np.ndarray
-    ) -> Path:
+    def add(self, image_file: str | os.PathLike, masks: np.ndarray, classes: np.ndarray, scores: np.ndarray) -> Path:
         """masks: N x H x W bool; classes: indices into CITYSCAPES_THING_CLASSES; scores: N."""
         from PIL import Image
 

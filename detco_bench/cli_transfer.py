@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -207,7 +208,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         instance_ids: bool = typer.Option(
             False, "--instance-ids", help="Also create missing *_gtFine_instanceIds.png from the polygons."
         ),
-        workers: int = typer.Option(1, "--workers", help="Parallel processes."),
+        workers: int = typer.Option(min(8, os.cpu_count() or 1), "--workers", help="Parallel processes."),
         force: bool = typer.Option(False, "--force", help="Rewrite files that already exist."),
     ) -> None:
         """Run cityscapesScripts' createTrainIdLabelImgs: *_gtFine_labelTrainIds.png for the

@@ -241,7 +241,7 @@ _TASKS: tuple[Task, ...] = (
         180_000,
         0.02,
         KEYPOINTS,
-        "COCO Keypoint R-CNN R50-FPN, 2x (180k)",
+        "COCO Keypoint R-CNN R50-FPN 2x",
         "Keypoint R-CNN R50-FPN on COCO person keypoints, 2x",
         train="keypoints_coco_2017_train",
         test="keypoints_coco_2017_val",
@@ -253,7 +253,7 @@ _TASKS: tuple[Task, ...] = (
         train=("voc_2007_trainval", "voc_2012_trainval"),
         test=("voc_2007_test",),
         metrics=BOX,
-        reference="PASCAL VOC07+12 Faster R-CNN R50-C4, 24k, test on VOC07",
+        reference="PASCAL VOC07+12 Faster R-CNN R50-C4",
         evaluator="voc",
         schedule="24k",
         max_iter=24_000,
@@ -268,7 +268,7 @@ _TASKS: tuple[Task, ...] = (
         train=("cityscapes_fine_instance_seg_train",),
         test=("cityscapes_fine_instance_seg_val",),
         metrics=("segm/AP", "segm/AP50"),
-        reference="Cityscapes",
+        reference="Cityscapes instance segmentation",
         evaluator="cityscapes_instance",
         schedule="24k",
         max_iter=24_000,
@@ -283,7 +283,7 @@ _TASKS: tuple[Task, ...] = (
         train=("cityscapes_fine_sem_seg_train",),
         test=("cityscapes_fine_sem_seg_val",),
         metrics=("sem_seg/mIoU",),
-        reference="Cityscapes",
+        reference="Cityscapes semantic segmentation",
         evaluator="cityscapes_sem_seg",
         schedule="90k",
         max_iter=90_000,
@@ -370,9 +370,7 @@ def subset_image_ids(image_ids: Sequence[Any], fraction: float, seed: int) -> li
     return [i for i in ids if i in chosen]
 
 
-def write_subset_json(
-    src: str | os.PathLike, dst: str | os.PathLike, fraction: float, seed: int
-) -> dict[str, Any]:
+def write_subset_json(src: str | os.PathLike, dst: str | os.PathLike, fraction: float, seed: int) -> dict[str, Any]:
     """Write a COCO-format json with a `fraction` subset of the images of `src` (and only their
     annotations; categories and other top-level fields unchanged) to `dst`, atomically.
 

@@ -224,11 +224,19 @@ class TransferPlan:
             parts += ["--subset", self.subset, "--subset-seed", str(self.subset_seed)]
         if self.scaling.get("rule") != "linear":
             parts += ["--scaling", str(self.scaling.get("rule"))]
-        custom = [s for s in self.datasets.values() if s.custom]
-        for spec in custom:
-            parts += ["--train-json" if spec.name == "custom_train" else "--val-json", str(spec.json_file)]
+        custom = {s.name: s for s in self.datasets.values() if s.custom}
         if custom:
-            parts += ["--images", custom[0].image_root]
+            train, val = custom["custom_train"], custom["custom_val"]
+            parts += [
+                "--train-json",
+                str(train.json_file),
+                "--val-json",
+                str(val.json_file),
+                "--images",
+                train.image_root,
+            ]
+            if val.image_root != train.image_root:
+                parts += ["--val-images", val.image_root]
         if self.opts:
             parts += ["--opts", *self.opts]
         return " ".join(shlex.quote(p) for p in parts)
@@ -376,8 +384,7 @@ def apply_scaling(
     info["factor"] = factor
     info["summary"] = (
         f"linear scaling rule: {reference} GPUs x {per_gpu} images -> {world_size} process(es) x "
-        f"{per_gpu} images; "
-        + ", ".join(f"{k.split('.', 1)[1]} {a} -> {b}" for k, (a, b) in info["changes"].items())
+        f"{per_gpu} images; " + ", ".join(f"{k.split('.', 1)[1]} {a} -> {b}" for k, (a, b) in info["changes"].items())
     )
     return info
 
@@ -412,9 +419,7 @@ def _dataset_specs(
                 "a custom COCO-format dataset needs --train-json, --val-json and --images "
                 "(--val-images defaults to --images)"
             )
-        train = custom_coco_dataset(
-            "custom_train", Path(train_json).expanduser(), Path(images).expanduser(), keypoints
-        )
+        train = custom_coco_dataset("custom_train", Path(train_json).expanduser(), Path(images).expanduser(), keypoints)
         val = custom_coco_dataset(
             "custom_val", Path(val_json).expanduser(), Path(val_images or images).expanduser(), keypoints
         )
@@ -467,9 +472,7 @@ def _adapt_metadata(task: Task, changes: _Changes, specs: dict[str, DatasetSpec]
             if not names:
                 raise UserError(f"{where}: a keypoint task needs a category with a 'keypoints' list")
             changes.set("MODEL.ROI_HEADS.NUM_CLASSES", 1, f"{where}: one keypoint category")
-            changes.set(
-                "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS", len(names), f"{where}: {len(names)} keypoints"
-            )
+            changes.set("MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS", len(names), f"{where}: {len(names)} keypoints")
             meta: dict[str, Any] = {"keypoint_names": names}
             if manifest is not None and not custom:
                 from detco_bench.synthetic_layouts import (
@@ -493,15 +496,11 @@ def _adapt_metadata(task: Task, changes: _Changes, specs: dict[str, DatasetSpec]
                 sigmas = [0.05] * len(names)
             if sigmas:
                 meta["keypoint_oks_sigmas"] = sigmas
-                changes.set(
-                    "TEST.KEYPOINT_OKS_SIGMAS", sigmas, f"{where}: OKS sigmas for {len(names)} keypoints"
-                )
+                changes.set("TEST.KEYPOINT_OKS_SIGMAS", sigmas, f"{where}: OKS sigmas for {len(names)} keypoints")
             for s in coco_specs:
                 s.meta.update(meta)
         else:
-            key = (
-                "MODEL.RETINANET.NUM_CLASSES" if task.family == "retinanet" else "MODEL.ROI_HEADS.NUM_CLASSES"
-            )
+            key = "MODEL.RETINANET.NUM_CLASSES" if task.family == "retinanet" else "MODEL.ROI_HEADS.NUM_CLASSES"
             changes.set(key, len(cats), f"{where}: {len(cats)} categories")
     elif task.family == "voc_c4" and manifest is not None:
         classes = list(manifest.get("classes") or [])
@@ -514,9 +513,7 @@ def _adapt_metadata(task: Task, changes: _Changes, specs: dict[str, DatasetSpec]
             s.meta["thing_classes"] = classes
 
 
-def _identity(
-    task_label_: str, engine: str, checkpoint_sha: str | None, cfg: dict[str, Any]
-) -> dict[str, Any]:
+def _identity(task_label_: str, engine: str, checkpoint_sha: str | None, cfg: dict[str, Any]) -> dict[str, Any]:
     from detco_bench.records import config_hash
 
     core = copy.deepcopy(cfg)
@@ -649,9 +646,7 @@ def plan_transfer(
         elif launcher == "local" and gpus > torch.cuda.device_count():
             problems.append(f"--gpus {gpus}: only {torch.cuda.device_count()} CUDA device(s) visible")
     if num_machines > 1 and launcher == "local" and dist_url == "auto":
-        raise UserError(
-            "--num-machines > 1 needs --dist-url tcp://HOST:PORT of machine 0 (the same on every machine)"
-        )
+        raise UserError("--num-machines > 1 needs --dist-url tcp://HOST:PORT of machine 0 (the same on every machine)")
     world_size = num_machines * gpus
     out = Path(out).expanduser().resolve()
     root = data_root(data_root_dir).resolve()
@@ -794,7 +789,7 @@ def describe_plan(plan: TransferPlan) -> list[str]:
         s = plan.slurm
         where += f"; Slurm via submitit (partition {s.partition or 'default'}, {s.time_min} min)"
     elif plan.world_size > 1:
-        where += f"; detectron2 launch, dist-url {plan.dist_url}"
+        where += f"; one process per GPU, dist-url {plan.dist_url}"
     lines.append(f"launch      {where}")
     lines.append(f"batch/lr    {plan.scaling['summary']}")
     lines.append(f"data root   {plan.data_root}")
@@ -855,9 +850,7 @@ def prepare_datasets(plan: TransferPlan) -> None:
 
     for spec in plan.datasets.values():
         if spec.subset and spec.json_file and not Path(spec.json_file).is_file():
-            write_subset_json(
-                spec.subset["source"], spec.json_file, spec.subset["fraction"], spec.subset["seed"]
-            )
+            write_subset_json(spec.subset["source"], spec.json_file, spec.subset["fraction"], spec.subset["seed"])
 
 
 def _device_description(plan: TransferPlan) -> str:
@@ -1018,10 +1011,10 @@ def run_transfer(plan: TransferPlan, log: Any = print) -> TransferOutcome:
     then run the engine here (local launcher) or submit it to Slurm. Returns what happened."""
     from detco_bench.engines import get_engine
 
-    if plan.checkpoint is None:
-        raise UserError("--checkpoint is required to run a transfer job")
     if plan.problems:
         raise UserError("; ".join(plan.problems))
+    if plan.checkpoint is None:
+        raise UserError("--checkpoint is required to run a transfer job")
     status = plan.state["status"]
     if status == "finished" and not plan.force:
         return TransferOutcome(
@@ -1105,7 +1098,10 @@ def submit_slurm(plan: TransferPlan) -> str:
         raise UserError("--launcher slurm needs submitit (pip install submitit)") from None
     cluster = os.environ.get(SUBMITIT_CLUSTER_ENV) or "slurm"
     folder = plan.output_dir / "slurm"
-    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
+    try:
+        executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
+    except RuntimeError as exc:  # submitit checks for srun
+        raise UserError(f"--launcher slurm: {exc}") from None
     params: dict[str, Any] = {
         "name": plan.slurm.job_name or f"detco-{plan.task_label}",
         "nodes": plan.num_machines,

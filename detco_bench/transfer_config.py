@@ -59,7 +59,13 @@ def config_path(name: str | os.PathLike) -> Path:
     p = Path(name)
     if p.is_absolute() or p.exists():
         return p
-    return config_dir() / p
+    base = config_dir()
+    if not base.is_dir():
+        raise UserError(
+            f"transfer configs not found at {base}: set ${CONFIG_DIR_ENV} to the repository's "
+            "transfer_configs/ folder (an installed, non-editable copy does not include it)"
+        )
+    return base / p
 
 
 # --------------------------------------------------------------------------------------------

@@ -98,9 +98,7 @@ def register_components() -> None:
                     weight_init.c2_msra_fill(conv)
                     convs.append(conv)
                 self.convs = nn.Sequential(*convs)
-                self.predictor = Conv2d(
-                    head.CONVS_DIM if convs else channels, head.NUM_CLASSES, kernel_size=1
-                )
+                self.predictor = Conv2d(head.CONVS_DIM if convs else channels, head.NUM_CLASSES, kernel_size=1)
                 nn.init.normal_(self.predictor.weight, 0, 0.001)
                 nn.init.constant_(self.predictor.bias, 0)
 
@@ -198,9 +196,7 @@ def register_datasets(plan: TransferPlan) -> None:
                 class_names=list(spec.meta["thing_classes"]),
             )
         elif spec.kind == "cityscapes_instance":
-            DatasetCatalog.register(
-                name, lambda i=spec.image_root, g=spec.gt_dir: _cityscapes_instance_dicts(i, g)
-            )
+            DatasetCatalog.register(name, lambda i=spec.image_root, g=spec.gt_dir: _cityscapes_instance_dicts(i, g))
             MetadataCatalog.get(name).set(
                 thing_classes=list(spec.meta["thing_classes"]),
                 image_dir=spec.image_root,
@@ -208,9 +204,7 @@ def register_datasets(plan: TransferPlan) -> None:
                 evaluator_type="cityscapes_instance",
             )
         elif spec.kind == "cityscapes_sem_seg":
-            DatasetCatalog.register(
-                name, lambda i=spec.image_root, g=spec.gt_dir: load_cityscapes_semantic(i, g)
-            )
+            DatasetCatalog.register(name, lambda i=spec.image_root, g=spec.gt_dir: load_cityscapes_semantic(i, g))
             MetadataCatalog.get(name).set(
                 stuff_classes=list(spec.meta["stuff_classes"]),
                 ignore_label=255,
@@ -339,9 +333,7 @@ def trainer_class(plan: TransferPlan) -> type:
                         vertical=cfg.INPUT.RANDOM_FLIP == "vertical",
                     )
                 )
-            return build_detection_train_loader(
-                cfg, mapper=DatasetMapper(cfg, is_train=True, augmentations=augs)
-            )
+            return build_detection_train_loader(cfg, mapper=DatasetMapper(cfg, is_train=True, augmentations=augs))
 
     return Trainer
 

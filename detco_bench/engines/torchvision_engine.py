@@ -144,7 +144,14 @@ def _num_classes(plan: TransferPlan, s: Any, meta: Any) -> int:
 def _progress(rank: int, total: int, start: int, console: Any) -> tuple[Any, Any]:
     if rank != 0:
         return None, None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     progress = Progress(
         TextColumn("[bold]train"),
@@ -243,7 +250,9 @@ def _worker(plan_dict: dict[str, Any], local_rank: int | None = None, dist_url: 
         max_iter = s.int("SOLVER.MAX_ITER")
 
         if start_iter < max_iter:
-            batches = D.TrainBatches(groups, per_process, seed=max(seed, 0), rank=rank, world=world, start_iter=start_iter)
+            batches = D.TrainBatches(
+                groups, per_process, seed=max(seed, 0), rank=rank, world=world, start_iter=start_iter
+            )
             loader = D.train_loader(train_set, batches, workers, pin_memory=device.type == "cuda")
             train_model: torch.nn.Module = model
             if world > 1:
@@ -257,13 +266,15 @@ def _worker(plan_dict: dict[str, Any], local_rank: int | None = None, dist_url: 
                 if progress is not None:
                     progress.update(task, completed=done, info=f"loss {loss:.3f} lr {lr:.2e}")
 
+            batch_iter = iter(loader)
+            checkpointer.restore_rng()
             try:
                 if progress is not None:
                     progress.start()
                 T.train_loop(
                     train_model,
                     optimizer,
-                    iter(loader),
+                    batch_iter,
                     s,
                     start_iter=start_iter,
                     device=device,
@@ -322,6 +333,9 @@ def _worker(plan_dict: dict[str, Any], local_rank: int | None = None, dist_url: 
 
 
 def _spawned(local_rank: int, plan_dict: dict[str, Any], dist_url: str) -> None:
+    if plan_dict.get("device") == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # Several CPU processes on one machine: share the cores (torchrun sets OMP_NUM_THREADS=1).
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(plan_dict.get("gpus", 1)))))
     _worker(plan_dict, local_rank, dist_url)
 
 

@@ -212,7 +212,12 @@ def load_records(spec: DatasetSpec, settings: Settings, keypoints: bool = False)
         records = []
         for d in dicts:
             anns = [
-                {"bbox": list(a["bbox"]), "category": int(a["category_id"]), "iscrowd": 0, "segmentation": a["segmentation"]}
+                {
+                    "bbox": list(a["bbox"]),
+                    "category": int(a["category_id"]),
+                    "iscrowd": 0,
+                    "segmentation": a["segmentation"],
+                }
                 for a in d["annotations"]
             ]
             records.append({**{k: d[k] for k in ("file_name", "height", "width", "image_id")}, "annotations": anns})
@@ -441,7 +446,8 @@ class TrainDataset(Dataset):
         if t == "absolute":
             return min(int(cs[0]), h), min(int(cs[1]), w)
         if t == "absolute_range":
-            return _randint(g, min(h, int(cs[0])), min(h, int(cs[1]))), _randint(g, min(w, int(cs[0])), min(w, int(cs[1])))
+            ch = _randint(g, min(h, int(cs[0])), min(h, int(cs[1])))
+            return ch, _randint(g, min(w, int(cs[0])), min(w, int(cs[1])))
         raise ValueError(f"INPUT.CROP.TYPE {t!r}")
 
     def _semantic(self, rec: Record, image: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:

@@ -137,7 +137,7 @@ def coco_evaluate(
         if not results:
             if log:
                 log(f"{iou_type}: no predictions; AP = 0")
-            metrics.update({f"{iou_type}/{n}": 0.0 for n in names})
+            metrics.update({f"{iou_type}/{n}": 0.0 for n in ("AP", "AP50", "AP75")})
             continue
         res = copy.deepcopy(results)
         if iou_type == "segm":

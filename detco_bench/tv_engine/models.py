@@ -375,7 +375,9 @@ class D2RoIHeads(RoIHeads):
             boxes, scores, pred_labels = self.postprocess_detections(
                 class_logits, box_regression, proposals, image_shapes
             )
-            result = [{"boxes": b, "labels": lb, "scores": s} for b, s, lb in zip(boxes, scores, pred_labels, strict=True)]
+            result = [
+                {"boxes": b, "labels": lb, "scores": s} for b, s, lb in zip(boxes, scores, pred_labels, strict=True)
+            ]
 
         fg_proposals: list[Tensor] = []
         fg_matched: list[Tensor] = []
@@ -710,7 +712,9 @@ class FCNSemSeg(nn.Module):
         outputs = []
         for img in images:
             h, w = int(img.shape[-2]), int(img.shape[-1])
-            size = (h, w) if self.min_size_test <= 0 else shortest_edge_size(h, w, self.min_size_test, self.max_size_test)
+            size = (h, w)
+            if self.min_size_test > 0:
+                size = shortest_edge_size(h, w, self.min_size_test, self.max_size_test)
             x = TF.resize(img, list(size), antialias=True) if size != (h, w) else img
             logits = self._logits(self._batch([x]))[..., : size[0], : size[1]]
             logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)

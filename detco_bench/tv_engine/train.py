@@ -154,6 +154,7 @@ class Checkpointer:
         self.rank = rank
         self.world = world
         self.meta = dict(meta or {})
+        self._pending_rng: dict[str, Any] | None = None
 
     def last(self) -> Path | None:
         pointer = self.out / LAST_CHECKPOINT
@@ -194,7 +195,9 @@ class Checkpointer:
     def load(
         self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, scaler: Any
     ) -> int:
-        """Restore everything from `path`; returns the number of completed iterations."""
+        """Restore the model, optimizer and scaler from `path`; returns the number of completed
+        iterations. The RNG state is restored by `restore_rng`, called right before the first
+        iteration (building the data loader's iterator draws from the global RNG)."""
         data = torch.load(path, map_location="cpu", weights_only=True)
         if data.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path}: not a torchvision-engine checkpoint (format {data.get('format')!r})")
@@ -204,9 +207,13 @@ class Checkpointer:
         if scaler is not None and data.get("scaler"):
             scaler.load_state_dict(data["scaler"])
         rngs = data.get("rng") or []
-        if self.rank < len(rngs):
-            _set_rng_state(rngs[self.rank])
+        self._pending_rng = rngs[self.rank] if self.rank < len(rngs) else None
         return int(data["iteration"])
+
+    def restore_rng(self) -> None:
+        """Put back the RNG state saved with the checkpoint that `load` read (once)."""
+        _set_rng_state(self._pending_rng)
+        self._pending_rng = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,8 +376,7 @@ def precise_bn(model: nn.Module, batches: Iterator[tuple[list, list]], num_iter:
     PreciseBN hook uses); averaged over processes afterwards. Returns the number of BN layers."""
     import torch.distributed as dist
 
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training is not None]
-    bns = [m for m in bns if m.track_running_stats]
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns or num_iter <= 0:
         return 0
     momenta = [m.momentum for m in bns]
