@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: setup
-	$(BIN)/detco-bench pretrain --preset smoke --data synthetic --out $(DEMO_DIR)/pretrain --resume
+	$(BIN)/detco-bench demo --out $(DEMO_DIR)
 
 test: setup
 	$(BIN)/python -m pytest -m "not slow"
