@@ -84,6 +84,7 @@ def bench_family(family: str, root: Path, args: argparse.Namespace) -> tuple[flo
             set_key(cfg, key, "BN")
     size = args.size
     set_key(cfg, "INPUT.MIN_SIZE_TRAIN", [size])
+    set_key(cfg, "INPUT.MIN_SIZE_TRAIN_SAMPLING", "choice")
     set_key(cfg, "INPUT.MAX_SIZE_TRAIN", size)
     set_key(cfg, "INPUT.RANDOM_FLIP", "none")
     if family == "cityscapes_sem":
@@ -116,7 +117,7 @@ def bench_family(family: str, root: Path, args: argparse.Namespace) -> tuple[flo
         mask_on=bool(s["MODEL.MASK_ON"]) and family != "cityscapes_sem",
         keypoint_on=keypoints,
     )
-    batch = [dataset[(i, i)] for i in range(args.batch)]
+    batch = [dataset[(i % len(dataset), i)] for i in range(args.batch)]
     images = [b[0] for b in batch]
     targets = [b[1] for b in batch]
     optimizer = build_optimizer(model, s)
@@ -132,7 +133,7 @@ def bench_family(family: str, root: Path, args: argparse.Namespace) -> tuple[flo
         optimizer.step()
         if i > 0:
             times.append(time.perf_counter() - t0)
-        loss = float(total)
+        loss = float(total.detach())
     shape = "x".join(str(d) for d in images[0].shape[-2:])
     return statistics.median(times), loss, shape
 
@@ -157,9 +158,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for layout in ("coco", "voc", "cityscapes"):
-            n = max(args.batch, 2)
-            write_synthetic_dataset(root, layout, num_train=n, num_val=1, image_size=(args.size, args.size))
+        n = 2 * max(args.batch, 2)
+        write_synthetic_dataset(root, "all", num_train=n, num_val=1, image_size=(args.size, args.size))
         prepare_cityscapes(root)
         table = Table(
             title=f"torchvision engine: CPU s/iteration ({args.batch} x {args.size}px, {args.arch}, "

@@ -124,19 +124,21 @@ def read_record(path: Path) -> dict[str, Any]:
 
 
 FAMILY_CASES = [
-    ("coco_c4_12k", "resnet50", ("bbox/AP", "bbox/AP50", "segm/AP", "segm/AP50")),
-    ("coco_fpn_12k", "resnet18", ("bbox/AP", "bbox/AP50", "segm/AP", "segm/AP50")),
-    ("retinanet_12k", "resnet18", ("bbox/AP", "bbox/AP50", "bbox/AP75")),
-    ("keypoint_fpn_2x", "resnet18", ("keypoints/AP", "keypoints/AP50", "bbox/AP")),
-    ("voc_c4_24k", "resnet50", ("bbox/AP", "bbox/AP50", "bbox/AP75")),
-    ("cityscapes_inst_fpn", "resnet18", ("segm/AP", "segm/AP50")),
-    ("cityscapes_sem", "resnet50", ("sem_seg/mIoU",)),
+    ("coco_c4_12k", "resnet50", ("bbox/AP", "bbox/AP50", "segm/AP", "segm/AP50"), []),
+    # also the AMP switch (bf16 autocast on CPU)
+    ("coco_fpn_12k", "resnet18", ("bbox/AP", "bbox/AP50", "segm/AP", "segm/AP50"), ["SOLVER.AMP.ENABLED", "True"]),
+    ("retinanet_12k", "resnet18", ("bbox/AP", "bbox/AP50", "bbox/AP75"), []),
+    ("keypoint_fpn_2x", "resnet18", ("keypoints/AP", "keypoints/AP50", "bbox/AP"), []),
+    ("voc_c4_24k", "resnet50", ("bbox/AP", "bbox/AP50", "bbox/AP75"), []),
+    ("cityscapes_inst_fpn", "resnet18", ("segm/AP", "segm/AP50"), []),
+    ("cityscapes_sem", "resnet50", ("sem_seg/mIoU",), ["INPUT.CROP.SIZE", "(64, 64)"]),
 ]
 
 
-@pytest.mark.parametrize("task,arch,metrics", FAMILY_CASES, ids=[c[0] for c in FAMILY_CASES])
-def test_family_trains_and_evaluates(world: dict[str, Path], tmp_path: Path, task: str, arch: str, metrics) -> None:
-    opts = ["INPUT.CROP.SIZE", "(64, 64)"] if task == "cityscapes_sem" else []
+@pytest.mark.parametrize("task,arch,metrics,opts", FAMILY_CASES, ids=[c[0] for c in FAMILY_CASES])
+def test_family_trains_and_evaluates(
+    world: dict[str, Path], tmp_path: Path, task: str, arch: str, metrics: tuple[str, ...], opts: list[str]
+) -> None:
     plan = make_plan(world, task, arch, tmp_path / "out", opts)
     outcome = run_transfer(plan, log=lambda m: None)
     assert outcome.status == "success"
@@ -155,6 +157,14 @@ def test_family_trains_and_evaluates(world: dict[str, Path], tmp_path: Path, tas
     assert any((out / "tb").iterdir())
     state = json.loads((out / "transfer_state.json").read_text())
     assert state["status"] == "success"
+
+
+def test_semi_supervised_subset(world: dict[str, Path], tmp_path: Path) -> None:
+    """--subset 10% of the 6 training images: one image, recorded as coco_fpn_12k@10%."""
+    plan = make_plan(world, "coco_fpn_12k", "resnet18", tmp_path / "sub", ["SOLVER.MAX_ITER", "1"], subset="10%")
+    record = read_record(run_transfer(plan, log=lambda m: None).record)
+    assert record["task"] == "coco_fpn_12k@10%" and record["engine"] == "torchvision"
+    assert "training images: 1 of 1" in (tmp_path / "sub" / "log.txt").read_text()
 
 
 def test_cli_runs_the_torchvision_engine(world: dict[str, Path], tmp_path: Path) -> None:

@@ -141,7 +141,7 @@ def _num_classes(plan: TransferPlan, s: Any, meta: Any) -> int:
     return n
 
 
-def _progress(rank: int, total: int, start: int, console: Any) -> tuple[Any, Any]:
+def _progress(rank: int, total: int, start: int, console: Any, label: str = "train") -> tuple[Any, Any]:
     if rank != 0:
         return None, None
     from rich.progress import (
@@ -154,7 +154,7 @@ def _progress(rank: int, total: int, start: int, console: Any) -> tuple[Any, Any
     )
 
     progress = Progress(
-        TextColumn("[bold]train"),
+        TextColumn(f"[bold]{label}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"),
@@ -289,6 +289,7 @@ def _worker(plan_dict: dict[str, Any], local_rank: int | None = None, dist_url: 
                 if progress is not None:
                     progress.stop()
                 metrics_log.close()
+                del batch_iter  # shuts the loader's worker processes down
             if bool(s["TEST.PRECISE_BN.ENABLED"]):
                 n_iter = s.int("TEST.PRECISE_BN.NUM_ITER")
                 bn_batches = D.TrainBatches(groups, per_process, seed=max(seed, 0) + 1, rank=rank, world=world)
@@ -304,18 +305,32 @@ def _worker(plan_dict: dict[str, Any], local_rank: int | None = None, dist_url: 
             work.mkdir(parents=True, exist_ok=True)
             loader = D.test_loader(D.TestDataset(records, str(s["INPUT.FORMAT"])), rank, world, workers)
             log(f"evaluating {spec.name}: {len(records)} images", echo=True)
-            result = E.evaluate_dataset(
-                model,
-                loader,
-                spec,
-                test_meta,
-                device=device,
-                work_dir=work,
-                mask_on=mask_on,
-                keypoint_on=keypoint_on,
-                amp_dtype=amp_dtype,
-                log=log,
-            )
+            shard = len(D.shard(len(records), rank, world))
+            eval_bar, eval_task = _progress(rank, shard, 0, console, label="inference")
+
+            def advance(n: int, bar: Any = eval_bar, task_id: Any = eval_task) -> None:
+                if bar is not None:
+                    bar.advance(task_id, n)
+
+            if eval_bar is not None:
+                eval_bar.start()
+            try:
+                result = E.evaluate_dataset(
+                    model,
+                    loader,
+                    spec,
+                    test_meta,
+                    device=device,
+                    work_dir=work,
+                    mask_on=mask_on,
+                    keypoint_on=keypoint_on,
+                    amp_dtype=amp_dtype,
+                    log=log,
+                    progress=advance,
+                )
+            finally:
+                if eval_bar is not None:
+                    eval_bar.stop()
             prefix = f"{spec.name}/" if len(tests) > 1 else ""
             metrics.update({prefix + k: v for k, v in result.items()})
         E.barrier()
