@@ -704,7 +704,7 @@ def plan_transfer(
                     raise UserError(f"--opts {key}: {exc}") from None
                 problems.extend(check_dataset(datasets[name]))
 
-    label = task_label(task, subset)
+    label = record_label(task_label(task, subset), root, custom=bool(train_json or val_json), opts=opts)
     identity = _identity(label, engine, ck_spec.sha256 if ck_spec else None, final)
     state = _folder_state(out, identity)
     state["identity"] = identity
@@ -750,6 +750,25 @@ def plan_transfer(
 
 # --------------------------------------------------------------------------------------------
 # Describing a plan
+
+
+#: --opts keys that do not change what a run measures (throughput and bookkeeping only).
+NEUTRAL_OPTS = ("DATALOADER.", "SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD", "CUDNN_BENCHMARK", "VIS_PERIOD")
+
+
+def record_label(label: str, root: Path, *, custom: bool, opts: list[str] | None) -> str:
+    """The task name a record carries. Only a run on the task's real dataset with the protocol's
+    settings keeps the plain name the paper's references use; on synthetic data the name gets
+    ``.synthetic``, on custom jsons ``.custom``, and with --opts that change the measurement
+    ``+opts``, so such runs are never compared with the published numbers as if they were the same."""
+    if synthetic_manifest(root) is not None:
+        label += ".synthetic"
+    elif custom:
+        label += ".custom"
+    keys = [key for key, _ in parse_opts(opts or [])]
+    if any(not key.startswith(NEUTRAL_OPTS) for key in keys):
+        label += "+opts"
+    return label
 
 
 def describe_plan(plan: TransferPlan) -> list[str]:
@@ -901,7 +920,8 @@ def _write_record(
             "output_dir": str(out),
             "plan": str(out / PLAN_FILE),
             "config": str(out / CONFIG_FILE),
-            "metrics_log": str(out / "metrics.json"),
+            # Detectron2's JSONWriter writes metrics.json; the torchvision engine metrics.jsonl.
+            "metrics_log": str(out / ("metrics.json" if plan.engine == "detectron2" else "metrics.jsonl")),
         },
     )
     return write_record(plan.results_dir, record)

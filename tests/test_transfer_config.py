@@ -57,7 +57,7 @@ def _coco(family: str, schedule: str, **extra: Any) -> dict[str, Any]:
                 "MODEL.MASK_ON": True,
                 "MODEL.ROI_HEADS.NUM_CLASSES": 80,
                 "INPUT.MAX_SIZE_TRAIN": 1200,
-                "MODEL.FPN.NORM": None,
+                "MODEL.FPN.NORM": "",  # detectron2 default: no norm (C4 and dilated models have no FPN)
                 "MODEL.RESNETS.OUT_FEATURES": ["res4"],
                 "MODEL.RPN.PRE_NMS_TOPK_TEST": 6000,
             }
@@ -117,7 +117,7 @@ PROTOCOL: dict[str, dict[str, Any]] = {
         "MODEL.ROI_HEADS.NAME": "Res5ROIHeadsExtraNorm",
         "MODEL.MASK_ON": False,
         "MODEL.ROI_HEADS.NUM_CLASSES": 20,
-        "MODEL.FPN.NORM": None,
+        "MODEL.FPN.NORM": "",  # detectron2 default: no norm (C4 and dilated models have no FPN)
         "SOLVER.IMS_PER_BATCH": 16,
         "SOLVER.BASE_LR": 0.02,
         "SOLVER.STEPS": [18000, 22000],
@@ -161,7 +161,7 @@ PROTOCOL: dict[str, dict[str, Any]] = {
         "MODEL.SEM_SEG_HEAD.DILATION": 6,
         "MODEL.SEM_SEG_HEAD.COMMON_STRIDE": 16,
         "MODEL.SEM_SEG_HEAD.NORM": "SyncBN",
-        "MODEL.FPN.NORM": None,
+        "MODEL.FPN.NORM": "",  # detectron2 default: no norm (C4 and dilated models have no FPN)
         "SOLVER.IMS_PER_BATCH": 16,
         "SOLVER.BASE_LR": 0.01,
         "SOLVER.STEPS": [63000, 81000],
@@ -332,14 +332,18 @@ def test_bad_opts_are_user_errors(opts: list[str], message: str) -> None:
 
 def test_unknown_keys_are_accepted_only_when_detectron2_knows_them() -> None:
     def known() -> dict[str, Any]:
-        return {"MODEL.RPN.NMS_THRESH": 0.7, "MODEL.RPN.IN_FEATURES": ["res4"]}
+        return {"MODEL.RPN.HEAD_NAME": "StandardRPNHead", "MODEL.RPN.IN_FEATURES": ["res4"]}
 
-    cfg = apply_opts(effective_config("coco_c4_1x"), ["MODEL.RPN.NMS_THRESH", "0.5"], known=known)
-    assert cfg["MODEL"]["RPN"]["NMS_THRESH"] == 0.5
+    cfg = apply_opts(effective_config("coco_c4_1x"), ["MODEL.RPN.HEAD_NAME", "Other"], known=known)
+    assert cfg["MODEL"]["RPN"]["HEAD_NAME"] == "Other"
     with pytest.raises(UserError, match="neither in the task's config nor in detectron2's defaults"):
         apply_opts(effective_config("coco_c4_1x"), ["MODEL.RPN.FOO", "1"], known=known)
     with pytest.raises(UserError, match="detectron2 is not importable"):
-        apply_opts(effective_config("coco_c4_1x"), ["MODEL.RPN.NMS_THRESH", "0.5"], known=lambda: None)
+        apply_opts(effective_config("coco_c4_1x"), ["MODEL.RPN.HEAD_NAME", "Other"], known=lambda: None)
+    # Keys of Base-Defaults.yaml (detectron2's defaults the engines read) work without detectron2.
+    cfg = apply_opts(effective_config("coco_fpn_1x"), ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64"],
+                     known=lambda: None)
+    assert cfg["MODEL"]["ROI_HEADS"]["BATCH_SIZE_PER_IMAGE"] == 64
     assert parse_opts([]) == []
 
 

@@ -210,7 +210,7 @@ def test_family_trains_evaluates_and_records(
     outcome = run_transfer(plan, log=lambda m: None)
     assert outcome.status == "success"
     record = read_record(outcome.record)
-    assert record.status == "success" and record.engine == "detectron2" and record.task == task
+    assert record.status == "success" and record.engine == "detectron2" and record.task == f"{task}.synthetic+opts"
     for metric in TASKS[task].metrics:
         assert metric in record.metrics, (metric, sorted(record.metrics))
         assert math.isfinite(record.metrics[metric])

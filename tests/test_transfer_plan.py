@@ -129,7 +129,7 @@ def test_cpu_plan_adapts_and_records_everything(
     assert plan.checkpoint is not None and plan.checkpoint.arch == "resnet18"
     assert plan.checkpoint.format == "torchvision" and len(plan.checkpoint.sha256) == 64
     assert set(plan.datasets) == {"coco_2017_train", "coco_2017_val"}
-    assert plan.task_label == "coco_fpn_1x" and plan.record_path.parent == results.resolve()
+    assert plan.task_label == "coco_fpn_1x.synthetic" and plan.record_path.parent == results.resolve()
     # JSON round trip (plan.json, and what crosses process boundaries).
     again = TransferPlan.from_dict(json.loads(json.dumps(plan.to_dict())))
     assert again.to_dict() == plan.to_dict()
@@ -258,7 +258,7 @@ def test_synthetic_metadata_for_keypoints_and_voc(data_root: Path, cache: Path, 
 
 def test_subset_plan_and_json(data_root: Path, cache: Path, results: Path, tmp_path: Path) -> None:
     plan = _plan("coco_fpn_12k", None, tmp_path / "sub", data_root, cache, results, subset="10", seed=4)
-    assert plan.task_label == "coco_fpn_12k@10%" and plan.subset == "10%" and plan.subset_seed == 4
+    assert plan.task_label == "coco_fpn_12k@10%.synthetic" and plan.subset == "10%" and plan.subset_seed == 4
     (name,) = plan.config["DATASETS"]["TRAIN"]
     assert name == "coco_2017_train_subset10pct_seed4"
     spec = plan.datasets[name]
@@ -457,7 +457,7 @@ def test_run_writes_records_and_a_finished_job_is_not_rerun(
     assert outcome.status == "success" and len(engine.plans) == 1
     assert weights_cached(plan.weights or "", plan.checkpoint.sha256)  # converted and verified
     record = read_record(outcome.record)
-    assert record.status == "success" and record.engine == "torchvision" and record.task == "coco_fpn_1x"
+    assert record.status == "success" and record.engine == "torchvision" and record.task == "coco_fpn_1x.synthetic"
     assert record.metrics == {"bbox/AP": 12.5, "bbox/AP50": 30.0}
     assert record.checkpoint.method == "detco" and record.checkpoint.pretrain_epochs == 200
     assert record.checkpoint.sha256 == plan.checkpoint.sha256
@@ -706,3 +706,17 @@ def test_cityscapes_evaluation_of_perfect_predictions(cityscapes: Path, tmp_path
         inst.add(d["file_name"], masks, classes, np.ones(len(ids)))
     result = inst.evaluate(gt)
     assert result["AP"] == pytest.approx(100.0) and result["AP50"] == pytest.approx(100.0)
+
+
+def test_record_label_marks_runs_that_are_not_the_protocol(data_root: Path, tmp_path: Path) -> None:
+    """Only the real dataset with the protocol's settings keeps the name the references use."""
+    from detco_bench.transfer import record_label
+
+    real = tmp_path / "datasets"
+    real.mkdir()
+    assert record_label("coco_fpn_1x", real, custom=False, opts=[]) == "coco_fpn_1x"
+    assert record_label("coco_fpn_1x", real, custom=False, opts=["DATALOADER.NUM_WORKERS", "8"]) == "coco_fpn_1x"
+    assert record_label("coco_fpn_1x", real, custom=False, opts=["SOLVER.MAX_ITER", "5"]) == "coco_fpn_1x+opts"
+    assert record_label("coco_fpn_1x", real, custom=True, opts=None) == "coco_fpn_1x.custom"
+    assert record_label("coco_fpn_12k@1%", data_root, custom=False, opts=["INPUT.MIN_SIZE_TEST", "96"]) == \
+        "coco_fpn_12k@1%.synthetic+opts"
