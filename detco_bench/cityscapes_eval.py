@@ -28,6 +28,29 @@ import numpy as np
 from detco_bench.transfer_data import CITYSCAPES_THING_IDS, CITYSCAPES_TRAINID_TO_ID
 
 
+def _ground_truths(preds: list[Path], pred_suffix: str, gt_dir: Path, gt_kind: str) -> list[str]:
+    """The gtFine file of each prediction (``<city>_<seq>_<frame>`` + suffix), all required to exist."""
+    gts = []
+    for p in preds:
+        stem = p.name[: -len(pred_suffix)]
+        gts.append(str(gt_dir / stem.split("_")[0] / f"{stem}_gtFine_{gt_kind}.png"))
+    missing = [g for g in gts if not Path(g).is_file()]
+    if missing:
+        raise RuntimeError(f"{len(missing)} ground-truth {gt_kind} files missing, e.g. {missing[0]}")
+    return gts
+
+
+def _quiet_args(cs: Any, pred_dir: Path) -> Any:
+    """cityscapesscripts' module-level evaluation args, pointed at our predictions, no console output."""
+    args = cs.args
+    args.predictionPath = str(pred_dir.resolve())
+    args.predictionWalk = None
+    args.JSONOutput = False
+    args.colorized = False
+    args.quiet = True
+    return args
+
+
 class _NumpyCompat:
     """numpy for cityscapesScripts 2.3: it calls ``np.in1d``, which numpy 2.4 removed; this
     forwards everything to numpy and provides in1d as the flattened ``np.isin`` it was."""
@@ -114,20 +137,8 @@ class SemanticWriter:
         preds = sorted(self.pred_dir.glob("*_pred.png"))
         if not preds:
             raise RuntimeError(f"no semantic predictions in {self.pred_dir}")
-        gts = []
-        for p in preds:
-            stem = p.name[: -len("_pred.png")]
-            city = stem.split("_")[0]
-            gts.append(str(gt_dir / city / f"{stem}_gtFine_labelIds.png"))
-        missing = [g for g in gts if not Path(g).is_file()]
-        if missing:
-            raise RuntimeError(f"{len(missing)} ground-truth labelIds files missing, e.g. {missing[0]}")
-        args = cs.args
-        args.predictionPath = str(self.pred_dir.resolve())
-        args.predictionWalk = None
-        args.JSONOutput = False
-        args.colorized = False
-        args.quiet = True
+        gts = _ground_truths(preds, "_pred.png", gt_dir, "labelIds")
+        args = _quiet_args(cs, self.pred_dir)
         args.bold = args.nocol = ""
         args.evalInstLevelScore = all(Path(g.replace("labelIds", "instanceIds")).is_file() for g in gts)
         pred_list = [cs.getPrediction(args, g) for g in gts]
@@ -172,19 +183,8 @@ class InstanceWriter:
         preds = sorted(self.pred_dir.glob("*_pred.txt"))
         if not preds:
             raise RuntimeError(f"no instance predictions in {self.pred_dir}")
-        gts = []
-        for p in preds:
-            stem = p.name[: -len("_pred.txt")]
-            gts.append(str(gt_dir / stem.split("_")[0] / f"{stem}_gtFine_instanceIds.png"))
-        missing = [g for g in gts if not Path(g).is_file()]
-        if missing:
-            raise RuntimeError(f"{len(missing)} ground-truth instanceIds files missing, e.g. {missing[0]}")
-        args = cs.args
-        args.predictionPath = str(self.pred_dir.resolve())
-        args.predictionWalk = None
-        args.JSONOutput = False
-        args.colorized = False
-        args.quiet = True
+        gts = _ground_truths(preds, "_pred.txt", gt_dir, "instanceIds")
+        args = _quiet_args(cs, self.pred_dir)
         args.gtInstancesFile = str((self.work_dir / "gtInstances.json").resolve())
         if os.path.exists(args.gtInstancesFile):
             os.unlink(args.gtInstancesFile)

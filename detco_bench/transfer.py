@@ -1049,7 +1049,8 @@ def run_transfer(plan: TransferPlan, log: Any = print) -> TransferOutcome:
     prepare_weights(plan)
     if plan.machine_rank == 0:
         _start(plan)
-    log(f"batch/lr: {plan.scaling['summary']}")
+    # --opts are applied after the rule: say so, or the printed batch / lr / schedule may not be the run's.
+    log(f"batch/lr: {plan.scaling['summary']}" + (f"; then --opts {' '.join(plan.opts)}" if plan.opts else ""))
     if plan.launcher == "slurm":
         job_id = submit_slurm(plan)
         state = read_state(plan.out_dir) or {}
