@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup demo test test-all lint bench clean
+.PHONY: setup demo test test-all ci-smoke lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -m "not slow"
+
+# The CI regression: the demo pipeline with fixed seeds, checked against results/reference/smoke.csv.
+ci-smoke: setup
+	$(BIN)/detco-bench demo --out runs/ci-smoke --check
 
 test-all: setup
 	$(BIN)/python -m pytest
