@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +22,15 @@ def tiny_config(**overrides: object) -> PretrainConfig:
     cfg = PretrainConfig(**base)  # type: ignore[arg-type]
     cfg.validate()
     return cfg
+
+
+def save_random_resnet(path: Path, arch: str = "resnet18", seed: int = 0) -> Path:
+    """A random-init torchvision ResNet state dict (the "torchvision" checkpoint format) at `path`."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    torch.save(getattr(torchvision.models, arch)().state_dict(), path)
+    return path
 
 
 def detectron2_available() -> bool:

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -15,6 +14,7 @@ from detco_bench import linear
 from detco_bench.cli import app
 from detco_bench.linear import FrozenBackbone, knn_classify, preset_config, run_linear
 from detco_bench.records import read_record
+from tests.conftest import save_random_resnet
 
 runner = CliRunner()
 COLORS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200), "gray": (128, 128, 128)}
@@ -40,10 +40,7 @@ def easy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def random_resnet18(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ck") / "resnet18_random.pth"
-    torch.save(torchvision.models.resnet18().state_dict(), path)
-    return path
+    return save_random_resnet(tmp_path_factory.mktemp("ck") / "resnet18_random.pth")
 
 
 def _cfg(mode: str, **kw: object) -> linear.LinearConfig:

@@ -31,15 +31,12 @@ def _worker(rank: int, port: int, data: Path, ck: Path, out: Path) -> None:
 
 
 def test_protocol_with_two_processes(tmp_path: Path) -> None:
-    import torchvision
-
     from detco_bench.records import read_record, scan_records
+    from tests.conftest import save_random_resnet
     from tests.test_linear import _easy_imagefolder
 
     data = _easy_imagefolder(tmp_path / "easy", per_class_train=4, per_class_val=3)
-    torch.manual_seed(0)
-    ck = tmp_path / "r18.pth"
-    torch.save(torchvision.models.resnet18().state_dict(), ck)
+    ck = save_random_resnet(tmp_path / "r18.pth")
     mp.spawn(_worker, args=(_free_port(), data, ck, tmp_path / "out"), nprocs=2, join=True)
     records, skipped = scan_records([tmp_path / "out"])
     assert len(records) == 1 and not skipped, "rank 0 alone writes the record"

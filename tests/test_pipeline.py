@@ -11,14 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-import torchvision
 from typer.testing import CliRunner
 
 from detco_bench.cli import app
 from detco_bench.errors import UserError
 from detco_bench.pipeline import Job, PipelineConfig, job_command, parse_suite, run_pipeline, successful_record
 from detco_bench.records import read_record, scan_records
+from tests.conftest import save_random_resnet
 from tests.test_linear import _easy_imagefolder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,10 +29,7 @@ LINEAR_FAST = ("--epochs", "3", "--batch-size", "16", "--image-size", "32", "--w
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("pipe")
     data = _easy_imagefolder(root / "easy", per_class_train=4, per_class_val=3)
-    torch.manual_seed(0)
-    ck = root / "r18.pth"
-    torch.save(torchvision.models.resnet18().state_dict(), ck)
-    return ck, data
+    return save_random_resnet(root / "r18.pth"), data
 
 
 def test_parse_suite() -> None:

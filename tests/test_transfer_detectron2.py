@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 import torch
-import torchvision
 
 from detco_bench.records import read_record
 from detco_bench.synthetic_layouts import write_synthetic_dataset
 from detco_bench.tasks import TASKS
 from detco_bench.transfer import SlurmSpec, TransferPlan, plan_transfer, read_state, run_transfer
 from detco_bench.transfer_config import effective_config, flatten, load_config_file
+from tests.conftest import save_random_resnet
 
 pytestmark = pytest.mark.detectron2
 
@@ -99,10 +99,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("d2ck") / "resnet50.pth"
-    torch.save(torchvision.models.resnet50().state_dict(), path)
-    return path
+    return save_random_resnet(tmp_path_factory.mktemp("d2ck") / "resnet50.pth", "resnet50")
 
 
 @pytest.fixture(scope="module")

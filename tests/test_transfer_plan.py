@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import torchvision
 import yaml
 from typer.testing import CliRunner
 
@@ -36,6 +35,7 @@ from detco_bench.transfer import (
     weights_cached,
 )
 from detco_bench.transfer_config import effective_config, get_key
+from tests.conftest import save_random_resnet
 
 runner = CliRunner()
 
@@ -49,10 +49,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ck") / "resnet18.pth"
-    torch.save(torchvision.models.resnet18().state_dict(), path)
-    return path
+    return save_random_resnet(tmp_path_factory.mktemp("ck") / "resnet18.pth")
 
 
 @pytest.fixture(scope="module")
