@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 import platform
 from pathlib import Path
@@ -37,7 +38,13 @@ def module_version(name: str) -> tuple[str | None, str | None]:
         module = importlib.import_module(name)
     except Exception as exc:  # noqa: BLE001 - any import failure means "not usable here"
         return None, f"{type(exc).__name__}: {exc}".splitlines()[0]
-    return str(getattr(module, "__version__", "unknown")), None
+    version = getattr(module, "__version__", None)
+    if version is None:
+        try:
+            version = importlib.metadata.version(name)  # distributions that set no __version__
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+    return str(version), None
 
 
 def run_doctor(console: Console) -> int:
