@@ -306,8 +306,8 @@ def submit_job(job: Job, cfg: PipelineConfig, root: Path, weights: Path) -> str:
 
 def make_report(root: Path, formats: str = "terminal,md,html,png", check: str | None = None) -> int:
     """Run `detco-bench report` over the pipeline's records; returns its exit code."""
-    cmd = [*_cli(), "report", str(root / "records"), str(root / "jobs"), "--out", str(root / "report"),
-           "--format", formats]
+    sources = [str(p) for p in (root / "records", root / "jobs") if p.is_dir()]
+    cmd = [*_cli(), "report", *sources, "--out", str(root / "report"), "--format", formats]
     if check:
         cmd += ["--check", "--reference", check]
     return subprocess.run(cmd, check=False).returncode
