@@ -80,6 +80,9 @@ def test_runs_jobs_then_skips_them(setup: tuple[Path, Path], tmp_path: Path, mon
     run_pipeline(_linear_suite(ck, data), tmp_path / "p", log=logs.append)
     assert any("[skip] linear_knn-s0" in line for line in logs) and not any("[run]" in x for x in logs)
     assert first.stat().st_mtime_ns == mtime
+    # The closing report (a linear-only suite has no transfer records folder).
+    assert pipeline.make_report(tmp_path / "p", formats="md") == 0
+    assert "linear_knn.easy" in (tmp_path / "p" / "report" / "report.md").read_text()
 
 
 def test_failed_job_is_retried_then_reported(setup: tuple[Path, Path], tmp_path: Path,
