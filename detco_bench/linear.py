@@ -20,7 +20,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,6 @@ class LinearConfig:
     cache_dtype: str = "float32"  # or float16
     knn_k: int = 20
     knn_temperature: float = 0.07
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.mode not in MODES:

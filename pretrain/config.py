@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pretrain.errors import PretrainInputError
@@ -46,7 +46,6 @@ class PretrainConfig:
     log_every: int = 10
     save_every_steps: int = 0  # 0: checkpoint at epoch ends only
     max_steps: int = 0  # 0: no limit; >0 stops the run early (smoke tests, benchmarks)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def method(self) -> str:
