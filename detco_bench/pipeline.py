@@ -3,7 +3,7 @@ then the report.
 
 The pipeline owns a folder:
   ROOT/pipeline.json         the plan and every job's status (atomically rewritten)
-  ROOT/weights/              the verified conversions (done once, before any job)
+  ROOT/weights/cache/        the verified conversion (done once, before any job; the jobs reuse it)
   ROOT/jobs/<job>/           each job's own output folder (resumable by the job itself)
   ROOT/records/              transfer result records (linear records stay in their job folder)
   ROOT/report/               the final report (tables, Markdown, HTML, plots)
@@ -26,8 +26,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from detco_bench.checkpoints import load_backbone, sha256_file
+from detco_bench.engines import resolve_engine
 from detco_bench.errors import UserError
 from detco_bench.records import RecordError, read_record
+from detco_bench.transfer.options import SlurmSpec, TransferOptions
+from detco_bench.transfer.slurm import submit
+from detco_bench.transfer.state import read_state
+from detco_bench.transfer.weights import ensure_converted, weights_cache_path
 from pretrain.atomic import atomic_write_json
 
 STATE_FILE = "pipeline.json"
@@ -130,32 +136,30 @@ def _cli() -> list[str]:
     return [sys.executable, "-m", "detco_bench.cli"]
 
 
-def job_command(job: Job, cfg: PipelineConfig, root: Path, weights: Path) -> list[str]:
+def job_command(job: Job, cfg: PipelineConfig, root: Path) -> list[str]:
     """The `detco-bench` command line that runs `job` (also what a Slurm job executes)."""
     out = root / "jobs" / job.name
     if job.kind == "linear":
         if not cfg.linear_data:
             raise UserError("linear probe jobs need --linear-data (an ImageFolder root)")
-        # The original checkpoint (not `weights`), so every record of the suite carries its sha256.
+        # The original checkpoint (not its conversion), so every record of the suite carries its sha256.
         cmd = [*_cli(), "linear", "--checkpoint", cfg.checkpoint, "--data", cfg.linear_data, "--out", str(out),
                "--mode", job.task, "--seed", str(job.seed), "--resume", "--no-progress", *job.opts,
                *cfg.linear_flags]
         if cfg.method:
             cmd += ["--method", cfg.method]
         return cmd
-    cmd = [*_cli(), "transfer", "--task", job.task, "--checkpoint", cfg.checkpoint, "--out", str(out),
-           "--engine", cfg.engine, "--seed", str(job.seed), "--results", str(root / "records"),
-           "--cache-dir", str(root / "weights" / "cache")]
-    if cfg.data_root:
-        cmd += ["--data-root", cfg.data_root]
-    if cfg.device:
-        cmd += ["--device", cfg.device]
-    if cfg.method:
-        cmd += ["--method", cfg.method]
-    opts = [*job.opts, *cfg.extra_opts]
-    if opts:
-        cmd += ["--opts", *opts]
-    return cmd
+    options = TransferOptions(
+        task=job.task, checkpoint=Path(cfg.checkpoint), out=out, engine=cfg.engine, seed=job.seed,
+        results_dir=root / "records", cache_dir=weights_cache_dir(root),
+        data_root_dir=Path(cfg.data_root) if cfg.data_root else None, device=cfg.device, method=cfg.method,
+        opts=[*job.opts, *cfg.extra_opts])
+    return [*_cli(), "transfer", *options.to_argv()]
+
+
+def weights_cache_dir(root: Path) -> Path:
+    """The converted-weights cache shared by the pipeline's transfer jobs."""
+    return root / "weights" / "cache"
 
 
 def successful_record(root: Path, job: Job) -> Path | None:
@@ -165,8 +169,6 @@ def successful_record(root: Path, job: Job) -> Path | None:
     """
     out = root / "jobs" / job.name
     if job.kind == "transfer":
-        from detco_bench.transfer import read_state
-
         state = read_state(out) or {}
         candidates = [Path(state["record"])] if state.get("status") == "success" and state.get("record") else []
     else:
@@ -182,16 +184,14 @@ def successful_record(root: Path, job: Job) -> Path | None:
 
 def convert_once(cfg: PipelineConfig, root: Path, log: Callable[[str], None]) -> Path:
     """Verify and convert the checkpoint once, before any job: a checkpoint that does not convert
-    cleanly stops the suite here instead of failing every job (the transfer jobs then reuse the
-    converted weights from the shared cache in ROOT/weights/cache)."""
-    from detco_bench.convert import convert_checkpoint
-
-    out = root / "weights" / "backbone_torchvision.pth"
-    if out.is_file():
-        return out
-    result = convert_checkpoint(cfg.checkpoint, "torchvision", out)
-    if not getattr(result, "passed", True):
-        raise UserError(f"the checkpoint did not pass verification; see {out}.verify.json")
+    cleanly stops the suite here instead of failing every job. The conversion goes where the
+    transfer jobs look for it (the shared cache, keyed by the checkpoint's sha256 and the engine),
+    so they reuse it instead of converting again."""
+    loaded = load_backbone(cfg.checkpoint)
+    sha = sha256_file(cfg.checkpoint)
+    engine = resolve_engine(cfg.engine)
+    out = ensure_converted(cfg.checkpoint, loaded.format, sha, engine,
+                           weights_cache_path(sha, engine, weights_cache_dir(root)))
     log(f"converted and verified: {out}")
     return out
 
@@ -232,7 +232,7 @@ def run_pipeline(cfg: PipelineConfig, root: Path, log: Callable[[str], None] = p
         atomic_write_json(root / STATE_FILE, state)
 
     save()
-    weights = convert_once(cfg, root, log)
+    convert_once(cfg, root, log)
     pending: list[Job] = []
     for job in jobs:
         entry = state["jobs"].setdefault(job.name, {"status": "pending", "attempts": 0})
@@ -242,7 +242,7 @@ def run_pipeline(cfg: PipelineConfig, root: Path, log: Callable[[str], None] = p
             entry.update(status="success", record=str(done))
             log(f"[skip] {job.name}: already has a successful record")
         elif cfg.launcher == "slurm":
-            entry.update(status="submitted", job_id=submit_job(job, cfg, root, weights))
+            entry.update(status="submitted", job_id=submit_job(job, cfg, root))
             log(f"[slurm] {job.name}: submitted as job {entry['job_id']}")
         else:
             pending.append(job)
@@ -262,7 +262,7 @@ def run_pipeline(cfg: PipelineConfig, root: Path, log: Callable[[str], None] = p
             if slot is not None:
                 env["CUDA_VISIBLE_DEVICES"] = slot
             log(f"[run] {job.name} (attempt {entry['attempts']}{'' if slot is None else f', GPU {slot}'})")
-            running[slot] = (job, subprocess.Popen(job_command(job, cfg, root, weights), env=env), time.time())
+            running[slot] = (job, subprocess.Popen(job_command(job, cfg, root), env=env), time.time())
         time.sleep(0.2)
         for slot, (job, proc, started) in list(running.items()):
             code = proc.poll()
@@ -284,24 +284,18 @@ def run_pipeline(cfg: PipelineConfig, root: Path, log: Callable[[str], None] = p
     return state
 
 
-def submit_job(job: Job, cfg: PipelineConfig, root: Path, weights: Path) -> str:
+def submit_job(job: Job, cfg: PipelineConfig, root: Path) -> str:
     """Submit one job's command line to Slurm through submitit; returns the job id."""
     try:
         import submitit
     except ImportError:
         raise UserError("--launcher slurm needs submitit (pip install submitit)") from None
-    from detco_bench.transfer import SUBMITIT_CLUSTER_ENV
 
-    folder = root / "slurm" / job.name
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=os.environ.get(SUBMITIT_CLUSTER_ENV) or None)
-    params: dict[str, Any] = {"name": f"detco-{job.name}", "timeout_min": int(cfg.slurm.get("time", 4320)),
-                              "nodes": 1, "tasks_per_node": 1}
-    if executor.cluster == "slurm":
-        params["slurm_partition"] = cfg.slurm.get("partition")
-        params["gpus_per_node"] = int(cfg.slurm.get("gpus_per_node", 1))
-        params["cpus_per_task"] = int(cfg.slurm.get("cpus_per_task", 10))
-    executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
-    return str(executor.submit(submitit.helpers.CommandFunction(job_command(job, cfg, root, weights))).job_id)
+    spec = SlurmSpec(partition=cfg.slurm.get("partition"), time_min=int(cfg.slurm.get("time", 4320)),
+                     cpus_per_task=int(cfg.slurm.get("cpus_per_task", 10)))
+    command = submitit.helpers.CommandFunction(job_command(job, cfg, root))
+    return submit(command, root / "slurm" / job.name, name=f"detco-{job.name}", spec=spec,
+                  gpus_per_node=int(cfg.slurm.get("gpus_per_node", 1)))
 
 
 def make_report(root: Path, formats: str = "terminal,md,html,png", check: str | None = None) -> int:

@@ -48,12 +48,11 @@ def test_parse_suite() -> None:
 def test_job_commands_carry_seed_engine_and_opts(tmp_path: Path) -> None:
     cfg = PipelineConfig(checkpoint="ck.pth", suite="smoke", engine="torchvision", data_root="/d", linear_data="/l",
                          extra_opts=("SOLVER.MAX_ITER", "5"))
-    cmd = job_command(Job("transfer", "coco_fpn_1x", seed=3, opts=("SOLVER.BASE_LR", "0.01")), cfg, tmp_path,
-                      tmp_path / "w.pth")
+    cmd = job_command(Job("transfer", "coco_fpn_1x", seed=3, opts=("SOLVER.BASE_LR", "0.01")), cfg, tmp_path)
     assert cmd[cmd.index("--seed") + 1] == "3" and cmd[cmd.index("--engine") + 1] == "torchvision"
     assert cmd[cmd.index("--opts") + 1:] == ["SOLVER.BASE_LR", "0.01", "SOLVER.MAX_ITER", "5"]
     assert cmd[cmd.index("--out") + 1] == str(tmp_path / "jobs" / "coco_fpn_1x-s3")
-    lin = job_command(Job("linear", "knn", seed=1), cfg, tmp_path, tmp_path / "w.pth")
+    lin = job_command(Job("linear", "knn", seed=1), cfg, tmp_path)
     assert lin[lin.index("--checkpoint") + 1] == "ck.pth" and "--resume" in lin
 
 
@@ -74,7 +73,7 @@ def test_runs_jobs_then_skips_them(setup: tuple[Path, Path], tmp_path: Path, mon
     assert state["jobs"]["linear_knn-s0"]["status"] == "success"
     first = Path(state["jobs"]["linear_knn-s0"]["record"])
     assert read_record(first).task == "linear_knn.easy"
-    assert (tmp_path / "p" / "weights" / "backbone_torchvision.pth").is_file()
+    assert len(list((tmp_path / "p" / "weights" / "cache" / "converted").glob("*.torchvision.pth"))) == 1
     mtime = first.stat().st_mtime_ns
     logs.clear()
     run_pipeline(_linear_suite(ck, data), tmp_path / "p", log=logs.append)

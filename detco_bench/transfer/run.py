@@ -1,0 +1,82 @@
+"""`run_transfer`: execute a plan. Refuse its problems, honour the output folder's state, convert
+the checkpoint (cached), write the semi-supervised subsets, then run the engine here or submit
+the job to Slurm."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from detco_bench.engines import get_engine
+from detco_bench.errors import UserError
+from detco_bench.tasks import write_subset_json
+from detco_bench.transfer.outcome import fail_run, start_run
+from detco_bench.transfer.plan import TransferPlan
+from detco_bench.transfer.slurm import submit_plan
+from detco_bench.transfer.state import read_state, write_state
+from detco_bench.transfer.weights import ensure_converted
+
+
+@dataclass
+class TransferOutcome:
+    status: str  # "finished" (already done), "success", "submitted"
+    record: Path | None = None
+    job_id: str | None = None
+    plan: TransferPlan | None = None
+
+
+def prepare_weights(plan: TransferPlan) -> Path:
+    """Convert + verify the checkpoint for the plan's engine unless the cache already has it."""
+    assert plan.checkpoint is not None and plan.weights is not None
+    ck = plan.checkpoint
+    return ensure_converted(ck.path, ck.format, ck.sha256, plan.engine, plan.weights)
+
+
+def prepare_datasets(plan: TransferPlan) -> None:
+    """Write the semi-supervised subset json files the plan refers to (deterministic, cached)."""
+    for spec in plan.datasets.values():
+        if spec.subset and spec.json_file and not Path(spec.json_file).is_file():
+            write_subset_json(spec.subset["source"], spec.json_file, spec.subset["fraction"], spec.subset["seed"])
+
+
+def run_transfer(plan: TransferPlan, log: Any = print) -> TransferOutcome:
+    """Execute a plan: refuse problems, honour the output folder's state, convert the checkpoint,
+    then run the engine here (local launcher) or submit it to Slurm. Returns what happened."""
+    if plan.problems:
+        raise UserError("; ".join(plan.problems))
+    if plan.checkpoint is None:
+        raise UserError("--checkpoint is required to run a transfer job")
+    status = plan.state["status"]
+    if status == "finished" and not plan.force:
+        return TransferOutcome(
+            "finished", record=Path(plan.state["record"]) if plan.state.get("record") else None, plan=plan
+        )
+    engine = get_engine(plan.engine)
+    reason = engine.available()
+    if reason is not None:
+        raise UserError(f"engine {plan.engine}: {reason}")
+    if plan.machine_rank == 0:
+        prepare_datasets(plan)
+    prepare_weights(plan)
+    if plan.machine_rank == 0:
+        start_run(plan)
+    # --opts are applied after the rule: say so, or the printed batch / lr / schedule may not be the run's.
+    log(f"batch/lr: {plan.scaling['summary']}" + (f"; then --opts {' '.join(plan.opts)}" if plan.opts else ""))
+    if plan.launcher == "slurm":
+        job_id = submit_plan(plan)
+        state = read_state(plan.out_dir) or {}
+        state.update(status="submitted", job_id=job_id)
+        write_state(plan.out_dir, state)
+        return TransferOutcome("submitted", record=plan.record_path, job_id=job_id, plan=plan)
+    t0 = time.monotonic()
+    try:
+        record = engine.run(plan)
+    except KeyboardInterrupt:
+        raise  # the folder stays "running": the next call resumes
+    except Exception as exc:
+        if plan.machine_rank == 0:
+            fail_run(plan, exc, time.monotonic() - t0)
+        raise
+    return TransferOutcome("success", record=record, plan=plan)
