@@ -46,16 +46,17 @@ def _split_opts(extra: list[str]) -> list[str]:
     return opts
 
 
-def _run_transfer_command(ctx: typer.Context, list_tasks: bool, print_config: bool, dry_run: bool,
-                          **values: Any) -> None:
+def _run_transfer_command(ctx: typer.Context, list_tasks: bool, print_config: bool, protocol: bool,
+                          dry_run: bool, **values: Any) -> None:
     """Fine-tune a checkpoint on a benchmark task of the paper (MoCo/DetCo protocol) and write a
     result record. Overrides: --opts KEY VALUE ... (last, e.g. --opts SOLVER.MAX_ITER 100)."""
     from detco_bench.tasks import get_task
     from detco_bench.transfer.describe import describe_plan
     from detco_bench.transfer.options import TransferOptions
     from detco_bench.transfer.planner import plan_options
+    from detco_bench.transfer.protocol import comment_block
     from detco_bench.transfer.run import run_transfer
-    from detco_bench.transfer_config import to_yaml
+    from detco_bench.transfer_config import effective_config, to_yaml
 
     console = Console(width=160) if list_tasks else Console()
     options = TransferOptions.from_cli(values, _split_opts(list(ctx.args)))
@@ -64,7 +65,11 @@ def _run_transfer_command(ctx: typer.Context, list_tasks: bool, print_config: bo
         return
     if options.task is None:
         raise UserError("--task is required (see --list)")
-    get_task(options.task)
+    task = get_task(options.task)
+    if protocol:
+        typer.echo(f"# the published protocol of {task.name}: 8 GPUs, synchronized BN, the task's own data\n"
+                   + to_yaml(effective_config(task, [])), nl=False)
+        return
     if options.out is None:
         if not print_config:
             raise UserError("--out is required")
@@ -73,7 +78,7 @@ def _run_transfer_command(ctx: typer.Context, list_tasks: bool, print_config: bo
         raise UserError("--checkpoint is required")
     plan = plan_options(options)
     if print_config:
-        typer.echo(to_yaml(plan.config), nl=False)
+        typer.echo(comment_block(plan.protocol) + to_yaml(plan.config), nl=False)
         return
     if dry_run:
         for line in describe_plan(plan):
@@ -114,6 +119,9 @@ def _transfer_command() -> Callable[..., None]:
         inspect.Parameter("print_config", keyword, annotation=bool,
                           default=typer.Option(False, "--print-config",
                                                help="Print the effective config as YAML and exit.")),
+        inspect.Parameter("protocol", keyword, annotation=bool,
+                          default=typer.Option(False, "--protocol", help="Print the task's published 8-GPU config "
+                                               "(no adaptation to this machine) and exit.")),
         inspect.Parameter("dry_run", keyword, annotation=bool,
                           default=typer.Option(False, "--dry-run", help="Print the plan (config, command, output "
                                                "folder, dataset check) without running.")),

@@ -147,7 +147,8 @@ def test_opts_are_applied_last_and_literally(
         opts=["SOLVER.MAX_ITER", "5", "SOLVER.IMS_PER_BATCH", "4"],
     )
     assert plan.config["SOLVER"]["MAX_ITER"] == 5 and plan.config["SOLVER"]["IMS_PER_BATCH"] == 4
-    assert plan.config["SOLVER"]["STEPS"] == [480000, 640000]  # scaled, not overridden
+    # The steps and warm-up the user did not set follow the new MAX_ITER (720000 -> 5).
+    assert plan.config["SOLVER"]["STEPS"] == [3, 4] and plan.config["SOLVER"]["WARMUP_ITERS"] == 0
     assert plan.opts == ["SOLVER.MAX_ITER", "5", "SOLVER.IMS_PER_BATCH", "4"]
     assert plan.checkpoint is None and plan.config["MODEL"]["WEIGHTS"] == ""
 

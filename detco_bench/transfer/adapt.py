@@ -258,3 +258,30 @@ def adapt_metadata(task: Task, changes: ConfigChanges, specs: dict[str, DatasetS
         for s in specs.values():
             s.meta["thing_classes"] = classes
 
+
+
+def fit_schedule(before_opts: dict[str, Any], cfg: dict[str, Any], opts_keys: set[str]) -> list[dict[str, Any]]:
+    """Keep a schedule consistent when ``--opts`` change SOLVER.MAX_ITER: the warm-up and the lr
+    steps the user did not set are scaled by the same factor, so a short run warms up and decays
+    where the full one does (a warm-up of 8000 iterations would otherwise outlast a 20-iteration
+    run). Edits `cfg` in place and returns the changes; refuses a schedule that cannot run."""
+    changes = ConfigChanges(cfg)
+    old, new = int(get_key(before_opts, "SOLVER.MAX_ITER")), int(get_key(cfg, "SOLVER.MAX_ITER"))
+    if new < 1:
+        raise UserError(f"SOLVER.MAX_ITER {new}: a run needs at least one iteration")
+    batch = int(get_key(cfg, "SOLVER.IMS_PER_BATCH"))
+    if batch < 1:
+        raise UserError(f"SOLVER.IMS_PER_BATCH {batch}: a batch needs at least one image")
+    if "SOLVER.MAX_ITER" in opts_keys and old > 0 and new != old:
+        factor = new / old
+        why = f"--opts SOLVER.MAX_ITER {new}: scaled with the schedule ({old} -> {new} iterations)"
+        if "SOLVER.WARMUP_ITERS" not in opts_keys:
+            changes.set("SOLVER.WARMUP_ITERS", int(round(int(get_key(cfg, "SOLVER.WARMUP_ITERS")) * factor)), why)
+        steps = get_key(cfg, "SOLVER.STEPS", None)
+        if steps and "SOLVER.STEPS" not in opts_keys:
+            changes.set("SOLVER.STEPS", [max(1, int(round(s * factor))) for s in steps], why)
+    warmup = int(get_key(cfg, "SOLVER.WARMUP_ITERS"))
+    if warmup > new:
+        raise UserError(f"SOLVER.WARMUP_ITERS {warmup} > SOLVER.MAX_ITER {new}: the learning rate would never "
+                        "leave warm-up; set a shorter SOLVER.WARMUP_ITERS")
+    return changes.items

@@ -50,7 +50,10 @@ class TransferPlan:
     datasets: every name of config DATASETS.TRAIN / DATASETS.TEST -> its `DatasetSpec`.
     scaling: the batch/lr rule applied ({"rule", "reference_world_size", "world_size", "changes"}).
     adaptations: [{"key", "from", "to", "why"}] for every value changed from the task's config
-    before `opts`.
+    before `opts` (and the schedule keys scaled with an ``--opts`` SOLVER.MAX_ITER).
+    protocol: how the run differs from the published protocol (`transfer.protocol`):
+    {"protocol": "exact"|"adapted", "differences", "world_size", "ims_per_gpu", "total_batch",
+    "ims_per_bn_group", "base_lr", "max_iter", "scaling_rule"}.
     state: the output folder's state ("new", "resume", "finished", "conflict") and details.
     problems: what stops the run (missing data, bad device settings); `run_transfer` refuses
     a plan with problems, ``--dry-run`` lists them.
@@ -67,6 +70,7 @@ class TransferPlan:
     datasets: dict[str, DatasetSpec]
     scaling: dict[str, Any]
     adaptations: list[dict[str, Any]]
+    protocol: dict[str, Any]
     state: dict[str, Any]
     problems: list[str]
     run_id: str
@@ -142,6 +146,7 @@ class TransferPlan:
             "opts": list(self.opts),
             "scaling": self.scaling,
             "adaptations": self.adaptations,
+            "protocol": self.protocol,
             "device": self.device,
             "world_size": self.world_size,
             "launcher": self.launcher,

@@ -26,9 +26,11 @@ from detco_bench.transfer.adapt import (
     adapt_device,
     apply_scaling,
     dataset_specs,
+    fit_schedule,
 )
 from detco_bench.transfer.options import TransferOptions
 from detco_bench.transfer.plan import CheckpointSpec, TransferPlan
+from detco_bench.transfer.protocol import protocol_fidelity
 from detco_bench.transfer.state import folder_state
 from detco_bench.transfer.weights import weights_cache_path
 from detco_bench.transfer_config import apply_opts, effective_config, get_key, parse_opts, set_key
@@ -150,6 +152,8 @@ def plan_options(options: TransferOptions) -> TransferPlan:
     assert options.gpus is not None
     scaling_info = apply_scaling(cfg, options.num_machines * options.gpus, options.scaling)
     final = apply_opts(cfg, opts)
+    opts_keys = {key for key, _ in parse_opts(opts)}
+    changes.items.extend(fit_schedule(cfg, final, opts_keys))
     for key in ("DATASETS.TRAIN", "DATASETS.TEST"):
         for name in get_key(final, key):
             if name not in datasets:
@@ -161,6 +165,9 @@ def plan_options(options: TransferOptions) -> TransferPlan:
 
     label = record_label(TaskLabel(task.name, subset), root, custom=bool(options.train_json or options.val_json),
                          opts=opts)
+    fidelity = protocol_fidelity(
+        effective_config(task, []), final, world_size=options.num_machines * options.gpus, scaling=scaling_info,
+        adaptations=changes.items, opts_keys=opts_keys, variant=TaskLabel.parse(label).variant, subset=subset)
     identity = run_identity(label, engine, ck_spec.sha256 if ck_spec else None, final)
     state = folder_state(out, identity)
     state["identity"] = identity
@@ -186,6 +193,7 @@ def plan_options(options: TransferOptions) -> TransferPlan:
         datasets=datasets,
         scaling=scaling_info,
         adaptations=changes.items,
+        protocol=fidelity,
         state=state,
         problems=problems,
         run_id=run_id,
