@@ -101,7 +101,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         """Convert a ResNet checkpoint to Detectron2 (.pkl) or torchvision (.pth) weights and verify
         it: every backbone key filled exactly once, identical res2..res5 features. Exit 1 when
         verification fails (nothing is written but the report), 2 for bad input."""
-        from detco_bench.convert import convert_checkpoint, failure_summary
+        from detco_bench.checkpoints import convert_checkpoint, failure_summary
 
         console = Console()
         with console.status("converting and verifying ..."):

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
-from detco_bench.convert import LoadedBackbone, load_backbone
+from detco_bench.checkpoints import LoadedBackbone, load_backbone
 from detco_bench.errors import UserError
 from detco_bench.records import CheckpointInfo, ResultRecord, collect_provenance, write_record
 from pretrain import distributed as dist_utils
@@ -413,9 +413,11 @@ def run_cached(backbone: FrozenBackbone, root: Path, classes: list[str], cfg: Li
 def task_name(mode: str, dataset: str) -> str:
     """`linear_protocol` on ImageNet is the paper's number; elsewhere the dataset is in the name,
     so a probe on another dataset is never compared with the ImageNet reference."""
+    from detco_bench.task_label import TaskLabel
+
     base = {"protocol": "linear_protocol", "fast": "linear_fast", "knn": "linear_knn",
             "stages": "linear_stages"}[mode]
-    return base if dataset == "imagenet" else f"{base}.{dataset}"
+    return str(TaskLabel(base, variant=None if dataset == "imagenet" else dataset))
 
 
 def default_dataset_name(data: Path, classes: int) -> str:

@@ -14,8 +14,9 @@ import torch
 import torchvision
 from typer.testing import CliRunner
 
-from detco_bench import convert
+from detco_bench import checkpoints
 from detco_bench.cli import app
+from detco_bench.errors import UserError
 
 runner = CliRunner()
 SIZE = ["--input-size", "64"]
@@ -146,7 +147,7 @@ def _invoke(*args: str | Path) -> Any:
 
 
 def _report(out: Path) -> dict[str, Any]:
-    return json.loads(convert.report_path_for(out).read_text())
+    return json.loads(checkpoints.report_path_for(out).read_text())
 
 
 @pytest.mark.parametrize("target", ["detectron2", "torchvision"])
@@ -161,7 +162,7 @@ def test_every_format_round_trips(tmp_path: Path, r18: dict[str, torch.Tensor], 
     assert f"format {fmt} (detected" in " ".join(result.stdout.split())
     report = _report(out)
     assert report["passed"] and report["source"]["format"] == fmt and report["source"]["arch"] == "resnet18"
-    assert report["source"]["sha256"] == convert.sha256_file(ck)
+    assert report["source"]["sha256"] == checkpoints.sha256_file(ck)
     stages = report["verification"]["numerical"]["stages"]
     assert set(stages) == {"res2", "res3", "res4", "res5"}
     assert all(s["rel_diff"] <= 1e-4 for s in stages.values())
@@ -171,7 +172,7 @@ def test_every_format_round_trips(tmp_path: Path, r18: dict[str, torch.Tensor], 
             payload = pickle.load(f)  # our own output
         assert payload["__author__"] == "detco-bench" and payload["matching_heuristics"] is True
         weights = payload["model"]
-        assert set(weights) == set(convert.detectron2_expected_shapes("resnet18"))
+        assert set(weights) == set(checkpoints.detectron2_expected_shapes("resnet18"))
         assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in weights.values())
         np.testing.assert_array_equal(weights["res3.0.conv2.norm.running_var"],
                                       r18["layer2.0.bn2.running_var"])
@@ -196,37 +197,37 @@ def test_dropped_keys_are_reported_with_reasons(tmp_path: Path, r18: dict[str, t
     result = _invoke(_save(tmp_path, _moco(r18)), "--to", "detectron2", "--out", out, *SIZE)
     assert result.exit_code == 0, result.output
     groups = {g["reason"]: g for g in _report(out)["dropped"]}
-    key_encoder = groups[convert.REASON_KEY_ENCODER]
+    key_encoder = groups[checkpoints.REASON_KEY_ENCODER]
     assert key_encoder["count"] == len(_backbone(r18)) + 1
     assert "encoder_k.layer1.0.conv1.weight" in key_encoder["keys"]
-    assert groups[convert.REASON_QUEUE]["keys"] == ["queue", "queue_ptr"]
-    assert groups[convert.REASON_PROJ_HEAD]["keys"] == [f"encoder_q.fc.{i}.{p}" for i in (0, 2)
+    assert groups[checkpoints.REASON_QUEUE]["keys"] == ["queue", "queue_ptr"]
+    assert groups[checkpoints.REASON_PROJ_HEAD]["keys"] == [f"encoder_q.fc.{i}.{p}" for i in (0, 2)
                                                         for p in ("bias", "weight")]
     conversion = _report(out)["dropped_in_conversion"]
-    assert conversion[0]["reason"] == convert.REASON_NUM_BATCHES and conversion[0]["count"] == 20
+    assert conversion[0]["reason"] == checkpoints.REASON_NUM_BATCHES and conversion[0]["count"] == 20
     assert "momentum key encoder" in result.stdout and "queue" in result.stdout
 
-    _, arch, fmt, dropped = convert.load_backbone_state_dict(_save(tmp_path, _torchvision(r18), "tv.pth"))
+    _, arch, fmt, dropped = checkpoints.load_backbone_state_dict(_save(tmp_path, _torchvision(r18), "tv.pth"))
     assert (arch, fmt) == ("resnet18", "torchvision")
-    assert dropped == {"fc.weight": convert.REASON_CLASSIFIER, "fc.bias": convert.REASON_CLASSIFIER}
-    _, _, fmt, dropped = convert.load_backbone_state_dict(_save(tmp_path, _detco_bench(r18), "ours.pth"))
-    assert fmt == "detco-bench" and dropped["queue_local"] == convert.REASON_QUEUE
-    assert dropped["encoder_q.global_heads.0.0.weight"] == convert.REASON_PROJ_HEAD
-    assert dropped["encoder_k.backbone.conv1.weight"] == convert.REASON_KEY_ENCODER
-    assert dropped["encoder_q.backbone.conv1.weight"] == convert.REASON_DUPLICATE
+    assert dropped == {"fc.weight": checkpoints.REASON_CLASSIFIER, "fc.bias": checkpoints.REASON_CLASSIFIER}
+    _, _, fmt, dropped = checkpoints.load_backbone_state_dict(_save(tmp_path, _detco_bench(r18), "ours.pth"))
+    assert fmt == "detco-bench" and dropped["queue_local"] == checkpoints.REASON_QUEUE
+    assert dropped["encoder_q.global_heads.0.0.weight"] == checkpoints.REASON_PROJ_HEAD
+    assert dropped["encoder_k.backbone.conv1.weight"] == checkpoints.REASON_KEY_ENCODER
+    assert dropped["encoder_q.backbone.conv1.weight"] == checkpoints.REASON_DUPLICATE
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])
 def test_arch_detection_and_independent_detectron2_key_set(arch: str) -> None:
     with torch.device("meta"):
         sd = getattr(torchvision.models, arch)(weights=None).state_dict()
-    assert convert.detect_arch(sd) == arch
-    renamed = {convert.detectron2_name(k): tuple(v.shape) for k, v in sd.items()
-               if not k.startswith("fc.") and convert.detectron2_name(k) is not None}
-    assert renamed == convert.detectron2_expected_shapes(arch)
-    with pytest.raises(convert.UserError, match="unsupported ResNet"):
-        last = convert.ARCHS[arch].blocks[3] - 1
-        convert.detect_arch({k: v for k, v in sd.items() if not k.startswith(f"layer4.{last}.")})
+    assert checkpoints.detect_arch(sd) == arch
+    renamed = {checkpoints.detectron2_name(k): tuple(v.shape) for k, v in sd.items()
+               if not k.startswith("fc.") and checkpoints.detectron2_name(k) is not None}
+    assert renamed == checkpoints.detectron2_expected_shapes(arch)
+    with pytest.raises(UserError, match="unsupported ResNet"):
+        last = checkpoints.ARCHS[arch].blocks[3] - 1
+        checkpoints.detect_arch({k: v for k, v in sd.items() if not k.startswith(f"layer4.{last}.")})
 
 
 def test_resnet50_bottleneck_end_to_end(tmp_path: Path) -> None:
@@ -357,7 +358,7 @@ def test_existing_output_needs_force(tmp_path: Path, r18: dict[str, torch.Tensor
     out.write_bytes(b"precious")
     result = _invoke(ck, "--to", "detectron2", "--out", out, *SIZE)
     assert result.exit_code == 2 and "output exists" in result.stderr and "--force" in result.stderr
-    assert out.read_bytes() == b"precious" and not convert.report_path_for(out).exists()
+    assert out.read_bytes() == b"precious" and not checkpoints.report_path_for(out).exists()
     result = _invoke(ck, "--to", "detectron2", "--out", out, "--force", *SIZE)
     assert result.exit_code == 0, result.output
     assert out.read_bytes() != b"precious" and _report(out)["passed"]
@@ -372,7 +373,7 @@ def _swap_bn(key: str) -> str | None:
     return ORIGINAL_NAME(key)
 
 
-ORIGINAL_NAME = convert.detectron2_name
+ORIGINAL_NAME = checkpoints.detectron2_name
 BROKEN_RENAMERS: dict[str, tuple[Callable[[str], str | None], list[str]]] = {
     "swapped-bn": (_swap_bn, ["res3 features differ"]),
     "dropped-key": (lambda k: None if k == "layer4.1.conv2.weight" else ORIGINAL_NAME(k),
@@ -388,7 +389,7 @@ BROKEN_RENAMERS: dict[str, tuple[Callable[[str], str | None], list[str]]] = {
 def test_broken_conversion_fails_verification(tmp_path: Path, r18: dict[str, torch.Tensor],
                                               monkeypatch: pytest.MonkeyPatch, bug: str) -> None:
     renamer, messages = BROKEN_RENAMERS[bug]
-    monkeypatch.setattr(convert, "detectron2_name", renamer)
+    monkeypatch.setattr(checkpoints.rename, "detectron2_name", renamer)
     out = tmp_path / "broken.pkl"
     result = _invoke(_save(tmp_path, _moco(r18)), "--to", "detectron2", "--out", out, *SIZE)
     assert result.exit_code == 1, result.output
@@ -405,12 +406,12 @@ def test_broken_conversion_fails_verification(tmp_path: Path, r18: dict[str, tor
 
 def test_broken_torchvision_output_fails_verification(tmp_path: Path, r18: dict[str, torch.Tensor],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    original = convert.to_torchvision
+    original = checkpoints.to_torchvision
 
-    def lossy(sd: dict[str, torch.Tensor]) -> convert.Renamed:
+    def lossy(sd: dict[str, torch.Tensor]) -> checkpoints.Renamed:
         return original({k: v for k, v in sd.items() if k != "layer1.1.bn1.running_mean"})
 
-    monkeypatch.setattr(convert, "to_torchvision", lossy)
+    monkeypatch.setattr(checkpoints.convert, "to_torchvision", lossy)
     out = tmp_path / "tv.pth"
     result = _invoke(_save(tmp_path, _torchvision(r18)), "--to", "torchvision", "--out", out, *SIZE)
     assert result.exit_code == 1 and "layer1.1.bn1.running_mean" in result.stdout
@@ -419,12 +420,12 @@ def test_broken_torchvision_output_fails_verification(tmp_path: Path, r18: dict[
 
 def test_loader_notes_and_casts(tmp_path: Path, r18: dict[str, torch.Tensor]) -> None:
     half = {k: (v.half() if v.is_floating_point() else v) for k, v in _torchvision(r18).items()}
-    loaded = convert.load_backbone(_save(tmp_path, {"arch": "resnet50", "state_dict": half}))
+    loaded = checkpoints.load_backbone(_save(tmp_path, {"arch": "resnet50", "state_dict": half}))
     assert loaded.arch == "resnet18" and loaded.state_dict["conv1.weight"].dtype == torch.float32
     assert any("float16" in n for n in loaded.notes)
     assert any("says arch 'resnet50'" in n for n in loaded.notes)
     unfinished = _detco_bench(r18) | {"finished": False}
-    loaded = convert.load_backbone(_save(tmp_path, unfinished, "run.pth"))
+    loaded = checkpoints.load_backbone(_save(tmp_path, unfinished, "run.pth"))
     assert loaded.meta["method"] == "detco" and any("unfinished" in n for n in loaded.notes)
 
 
@@ -432,10 +433,10 @@ def test_reference_forward_matches_torchvision_semantics(r18: dict[str, torch.Te
     # Independent of the CLI: the plain-torch detectron2 forward and torchvision agree, and a
     # STRIDE_IN_1X1-style mistake (stride on the wrong conv) would not: shapes and values differ.
     sd = _backbone(r18)
-    x = convert.verification_input(64)
-    tv = convert.torchvision_features(sd, "resnet18", x)
-    d2 = convert.detectron2_reference_features(convert.to_detectron2(sd).weights, "resnet18", x)
-    assert all(torch.allclose(tv[s], d2[s], atol=1e-5) for s in convert.STAGES)
+    x = checkpoints.verification_input(64)
+    tv = checkpoints.torchvision_features(sd, "resnet18", x)
+    d2 = checkpoints.detectron2_reference_features(checkpoints.to_detectron2(sd).weights, "resnet18", x)
+    assert all(torch.allclose(tv[s], d2[s], atol=1e-5) for s in checkpoints.STAGES)
     assert [tuple(t.shape[-3:]) for t in tv.values()] == [(64, 16, 16), (128, 8, 8), (256, 4, 4), (512, 2, 2)]
 
 
@@ -445,23 +446,23 @@ def test_detectron2_backbone_matches(tmp_path: Path, arch: str) -> None:
     sd = _perturbed(arch, seed=2)
     out = tmp_path / f"{arch}.pkl"
     ck = _save(tmp_path, _moco(sd) if arch == "resnet18" else _torchvision(sd))
-    result = convert.convert_checkpoint(ck, "detectron2", out, input_size=64, use_detectron2=True)
+    result = checkpoints.convert_checkpoint(ck, "detectron2", out, input_size=64, use_detectron2=True)
     verification = result.report["verification"]
-    assert result.passed, convert.failure_summary(verification)
+    assert result.passed, checkpoints.failure_summary(verification)
     assert verification["detectron2"]["used"] and "build_resnet_backbone" in verification["keys"]["reference"]
     # The architecture-derived key set is exactly detectron2's own.
-    model = convert.build_detectron2_resnet(arch)
+    model = checkpoints.build_detectron2_resnet(arch)
     d2_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()
                  if not k.endswith("num_batches_tracked")}
-    assert d2_shapes == convert.detectron2_expected_shapes(arch)
+    assert d2_shapes == checkpoints.detectron2_expected_shapes(arch)
     # And the plain-torch reference forward reproduces detectron2's forward.
-    weights = convert.to_detectron2(_backbone(sd)).weights
+    weights = checkpoints.to_detectron2(_backbone(sd)).weights
     model.load_state_dict(weights, strict=False)
-    x = convert.verification_input(64)
+    x = checkpoints.verification_input(64)
     with torch.no_grad():
         real = model(x)
-    ref = convert.detectron2_reference_features(weights, arch, x)
-    assert all(torch.allclose(real[s], ref[s], atol=1e-4, rtol=1e-4) for s in convert.STAGES)
+    ref = checkpoints.detectron2_reference_features(weights, arch, x)
+    assert all(torch.allclose(real[s], ref[s], atol=1e-4, rtol=1e-4) for s in checkpoints.STAGES)
 
 
 @pytest.mark.detectron2
@@ -472,7 +473,7 @@ def test_detectron2_checkpointer_loads_the_pkl_into_a_detector(tmp_path: Path,
     from detectron2.modeling import build_model
 
     out = tmp_path / "r18.pkl"
-    assert convert.convert_checkpoint(_save(tmp_path, _moco(r18)), "detectron2", out, input_size=64).passed
+    assert checkpoints.convert_checkpoint(_save(tmp_path, _moco(r18)), "detectron2", out, input_size=64).passed
     cfg = get_cfg()
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"

@@ -80,7 +80,7 @@ def test_frozen_check_catches_a_changed_backbone(easy_data: Path, random_resnet1
 
 
 def test_backbone_stays_in_eval_mode(random_resnet18: Path) -> None:
-    from detco_bench.convert import load_backbone
+    from detco_bench.checkpoints import load_backbone
 
     backbone = FrozenBackbone(load_backbone(random_resnet18)).train()
     assert not backbone.training and not backbone.trunk.training
