@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from detco_bench import report as rep  # noqa: E402
-from detco_bench.records import RECORD_SUFFIX, CheckpointInfo, ResultRecord  # noqa: E402
+from detco_bench.records import RECORD_SUFFIX, CheckpointInfo, ResultRecord, scan_records  # noqa: E402
 from detco_bench.reference import load_reference  # noqa: E402
 
 TASK_METRICS = {
@@ -74,7 +74,7 @@ def run(n: int, folder: Path) -> dict[str, float]:
     generate(n, folder)
     timings: dict[str, float] = {"generate_s": time.perf_counter() - t}
     t0 = time.perf_counter()
-    records, skipped = rep.scan_records([folder])
+    records, skipped = scan_records([folder])
     t1 = time.perf_counter()
     runs = rep.runs_frame([r for r in records if r.status == "success"])
     summary = rep.aggregate(runs)

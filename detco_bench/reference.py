@@ -8,7 +8,8 @@ A reference file is a CSV with one row per published number (see results/referen
 - ``pretrain_epochs``: int, or empty where it does not apply (random init). A record whose
   ``checkpoint.pretrain_epochs`` is null matches when the reference has exactly one epochs value
   for that method and task; an empty reference value matches any record.
-- ``task``: a task registry name; semi-supervised subsets are ``<task>@<percent>%`` (coco_fpn_12k@1%).
+- ``task``: a task label (`detco_bench.task_label`), e.g. a registry name; semi-supervised subsets
+  are ``<task>@<percent>%`` (coco_fpn_12k@1%).
 - ``engine``: the engine that produced the number (detectron2 for the paper's detection rows).
   Records from another engine are "not comparable" against it.
 - ``spread``: the expected run-to-run standard deviation; empty means :func:`default_spread`.
@@ -22,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from detco_bench.errors import UserError
+from detco_bench.task_label import TaskLabel
 
 REFERENCE_COLUMNS = ["method", "pretrain_epochs", "task", "schedule", "engine", "metric", "value",
                      "spread", "source"]
@@ -43,7 +45,9 @@ FALLBACK_SPREAD = 0.5
 
 def default_spread(task: str, metric: str) -> float:
     """The documented default run-to-run spread for a (task, metric) (results/reference/README.md)."""
-    base, _, subset = task.partition("@")
+    # A name outside the label grammar is taken as a bare task name: reference files may hold any.
+    label = TaskLabel.try_parse(task) or TaskLabel(task)
+    base, subset = label.base, label.subset
     leaf = metric.rsplit("/", 1)[-1]
     if base.startswith("voc"):
         return VOC_SPREAD.get(leaf, CLASSIFICATION_SPREAD if leaf == "mAP" else VOC_SPREAD["AP75"])

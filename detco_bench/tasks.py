@@ -3,7 +3,8 @@
 A task knows its config file (under ``transfer_configs/``), its datasets, its schedule, the metric
 keys it reports, the reference table of the paper it is compared with, and which evaluator scores
 it. Both transfer engines (Detectron2 and the torchvision engine) read the same registry, see
-docs/transfer.md.
+docs/transfer.md. `REFERENCE_TASKS` names the paper's other benchmarks, those with reference
+numbers that no transfer engine runs (the report lays out its tables from both).
 
 Semi-supervised COCO settings are a task plus a subset: ``coco_fpn_12k`` with ``--subset 1%``
 trains on a deterministic 1% sample of the COCO train images (`subset_image_ids`) and is
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from detco_bench.errors import UserError
+from detco_bench.task_label import TaskLabel
 
 FAMILIES: tuple[str, ...] = (
     "c4",
@@ -297,6 +299,48 @@ TASKS: dict[str, Task] = {t.name: t for t in _TASKS}
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
 
 
+@dataclass(frozen=True)
+class ReferenceTask:
+    """A benchmark of the paper with reference numbers that no transfer engine runs.
+
+    name / metrics / reference / description mean what they mean for `Task`; these tasks are not
+    in `TASKS`, so `detco-bench transfer --task` never offers them.
+    """
+
+    name: str
+    metrics: tuple[str, ...]
+    reference: str
+    description: str
+
+
+_REFERENCE_TASKS: tuple[ReferenceTask, ...] = (
+    ReferenceTask(
+        "linear_protocol",
+        ("top1", "top5"),
+        "ImageNet-1k linear classification",
+        "linear probe of the frozen backbone on ImageNet-1k (`detco-bench linear --mode protocol`)",
+    ),
+    ReferenceTask(
+        "voc07_svm",
+        ("mAP",),
+        "VOC07 SVM",
+        "linear SVMs on frozen features, VOC07 classification (reference numbers only)",
+    ),
+    ReferenceTask(
+        "densepose_fpn",
+        ("densepose/AP", "densepose/AP50", "densepose/AP75"),
+        "COCO DensePose",
+        "DensePose R-CNN R50-FPN on COCO (reference numbers only)",
+    ),
+)
+REFERENCE_TASKS: dict[str, ReferenceTask] = {t.name: t for t in _REFERENCE_TASKS}
+
+
+def find_benchmark(name: str) -> Task | ReferenceTask | None:
+    """The registry task or reference-only task called `name` (a bare name, no label parts)."""
+    return TASKS.get(name) or REFERENCE_TASKS.get(name)
+
+
 def get_task(name: str) -> Task:
     """The task called `name`; `UserError` naming every task otherwise."""
     task = TASKS.get(name)
@@ -329,8 +373,7 @@ def normalize_subset(subset: str | None) -> str | None:
 def task_label(task: Task | str, subset: str | None = None) -> str:
     """The record/reference name of a run: ``coco_fpn_12k`` or ``coco_fpn_12k@1%``."""
     name = task.name if isinstance(task, Task) else task
-    subset = normalize_subset(subset)
-    return f"{name}@{subset}" if subset else name
+    return str(TaskLabel(name, normalize_subset(subset)))
 
 
 def check_subset(task: Task, subset: str | None) -> str | None:

@@ -1,19 +1,23 @@
-"""The transfer task registry and the semi-supervised subsets (no detectron2 needed)."""
+"""The task registry (transfer and reference-only tasks), the report sections derived from it, subsets."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import pytest
 
 from detco_bench.errors import UserError
+from detco_bench.report.taxonomy import SECTIONS, headline_metric, section_of
 from detco_bench.tasks import (
     FAMILIES,
+    REFERENCE_TASKS,
     SUBSETS,
     TASK_NAMES,
     TASKS,
     check_subset,
+    find_benchmark,
     get_task,
     normalize_subset,
     parse_subset,
@@ -51,13 +55,14 @@ def test_registry_has_exactly_the_issue_tasks() -> None:
         assert task.metrics and all("/" in m for m in task.metrics)
 
 
+def paper_rows() -> list[dict[str, str]]:
+    with (Path(__file__).resolve().parent.parent / "results" / "reference" / "paper.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def test_reference_names_match_paper_csv() -> None:
     """Every task (and the subset spelling) is a task name of results/reference/paper.csv."""
-    import csv
-
-    paper = Path(__file__).resolve().parent.parent / "results" / "reference" / "paper.csv"
-    with paper.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = paper_rows()
     tasks = {r["task"] for r in rows}
     for name in ISSUE_TASKS:
         assert name in tasks, name
@@ -66,6 +71,56 @@ def test_reference_names_match_paper_csv() -> None:
         metrics = {r["metric"] for r in rows if r["task"] == name}
         assert set(TASKS[name].metrics) <= metrics, (name, metrics)
     assert {"coco_fpn_12k@1%", "coco_fpn_12k@10%", "retinanet_12k@1%"} <= tasks
+
+
+def test_reference_only_tasks_match_paper_csv_and_are_not_runnable() -> None:
+    """The paper's benchmarks that no transfer engine runs: in paper.csv, never in TASKS."""
+    rows = paper_rows()
+    assert set(REFERENCE_TASKS) == {"linear_protocol", "voc07_svm", "densepose_fpn"}
+    for name, task in REFERENCE_TASKS.items():
+        assert name not in TASKS and find_benchmark(name) is task
+        assert {r["source"] for r in rows if r["task"] == name} == {task.reference}
+        assert {r["metric"] for r in rows if r["task"] == name} == set(task.metrics)
+    assert find_benchmark("coco_fpn_1x") is TASKS["coco_fpn_1x"] and find_benchmark("coco_fpn_1x@1%") is None
+    with pytest.raises(UserError, match="unknown task 'linear_protocol'"):
+        get_task("linear_protocol")
+
+
+BOX = ("bbox/AP", "bbox/AP50", "bbox/AP75")
+MASK = ("segm/AP", "segm/AP50", "segm/AP75")
+# The paper's tables as the report lays them out: (key, title, tasks, metrics, optional metrics).
+PAPER_SECTIONS = [
+    ("coco_c4", "COCO Mask R-CNN R50-C4", ("coco_c4_12k", "coco_c4_1x", "coco_c4_2x"), BOX + MASK, ()),
+    ("coco_fpn", "COCO Mask R-CNN R50-FPN", ("coco_fpn_12k", "coco_fpn_1x", "coco_fpn_2x"), BOX + MASK, ()),
+    ("retinanet", "COCO RetinaNet R50-FPN", ("retinanet_12k", "retinanet_1x", "retinanet_2x"), BOX, ()),
+    ("keypoint", "COCO Keypoint R-CNN R50-FPN 2x", ("keypoint_fpn_2x",),
+     ("keypoints/AP", "keypoints/AP50", "keypoints/AP75"), ()),
+    ("voc", "PASCAL VOC07+12 Faster R-CNN R50-C4 (24k, VOC07 test)", ("voc_c4_24k",), BOX, ()),
+    ("cityscapes", "Cityscapes (instance: Mask R-CNN R50-FPN; semantic: FCN)",
+     ("cityscapes_inst_fpn", "cityscapes_sem"), ("segm/AP", "segm/AP50", "sem_seg/mIoU"), ()),
+    ("linear", "ImageNet-1k linear classification", ("linear_protocol",), ("top1", "top5"),
+     ("knn_top1", "knn_top5")),
+    ("voc07_svm", "VOC07 SVM", ("voc07_svm",), ("mAP",), ()),
+    ("densepose", "COCO DensePose", ("densepose_fpn",), ("densepose/AP", "densepose/AP50", "densepose/AP75"), ()),
+    ("semi", "Semi-supervised COCO (12k iterations on a random subset)",
+     ("coco_fpn_12k@1%", "coco_fpn_12k@10%", "retinanet_12k@1%", "retinanet_12k@10%"), BOX, ()),
+]
+
+
+def test_sections_derived_from_the_registry_are_the_paper_tables() -> None:
+    assert [(s.key, s.title, s.tasks, s.metrics, s.optional_metrics) for s in SECTIONS] == PAPER_SECTIONS
+    # every task of paper.csv has a table
+    assert all(section_of(r["task"]) is not None for r in paper_rows())
+
+
+def test_section_and_headline_of_labels() -> None:
+    assert section_of("coco_c4_12k@5%").key == "semi"  # any subset goes with the semi-supervised tables
+    assert section_of("coco_fpn_1x.synthetic+opts") is None  # not the protocol: "Other tasks"
+    assert section_of("linear_fast.imagenet-4classes") is None and section_of("x@y") is None
+    assert headline_metric("coco_fpn_12k@1%") == "bbox/AP" and headline_metric("voc07_svm") == "mAP"
+    assert headline_metric("cityscapes_inst_fpn") == "segm/AP" and headline_metric("linear_protocol") == "top1"
+    assert headline_metric("cityscapes_sem.synthetic") == "sem_seg/mIoU"
+    assert headline_metric("linear_fast.imagenet-4classes") == "bbox/AP" == headline_metric("mystery")
 
 
 def test_unknown_task_names_every_task() -> None:

@@ -1,0 +1,18 @@
+"""The CSV files: the aggregated summary, the check, every run's provenance, the skipped records."""
+
+from __future__ import annotations
+
+from detco_bench.report.build import Report
+from detco_bench.report.display import skipped_frame
+
+
+def render_csv(report: Report) -> dict[str, str]:
+    """File name -> CSV text, for the parts of the report that exist (raw values, not display strings)."""
+    files = {"summary.csv": report.summary.to_csv(index=False)}
+    if report.check is not None:
+        files["check.csv"] = report.check.table.to_csv(index=False)
+    if report.provenance is not None:
+        files["runs.csv"] = report.provenance.to_csv(index=False)
+    if report.skipped:
+        files["skipped.csv"] = skipped_frame(report).to_csv(index=False)
+    return files
