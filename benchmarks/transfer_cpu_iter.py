@@ -43,8 +43,8 @@ SMALL_HEADS = {
 
 
 def _spec_and_meta(root: Path, family: str, settings):  # noqa: ANN001, ANN202
-    from detco_bench.transfer_data import builtin_dataset
-    from detco_bench.tv_engine.data import load_records
+    from detco_bench.datasets import builtin_dataset
+    from detco_bench.engines.torchvision.data.load import load_records
 
     names = {
         "c4": "coco_2017_train",
@@ -57,7 +57,7 @@ def _spec_and_meta(root: Path, family: str, settings):  # noqa: ANN001, ANN202
     }
     spec = builtin_dataset(names[family], root)
     if family == "keypoint":
-        from detco_bench.synthetic_layouts import KEYPOINT_FLIP_MAP, KEYPOINT_NAMES, KEYPOINT_OKS_SIGMAS
+        from detco_bench.synthetic import KEYPOINT_FLIP_MAP, KEYPOINT_NAMES, KEYPOINT_OKS_SIGMAS
 
         spec.meta.update(
             keypoint_names=list(KEYPOINT_NAMES),
@@ -65,18 +65,18 @@ def _spec_and_meta(root: Path, family: str, settings):  # noqa: ANN001, ANN202
             keypoint_oks_sigmas=list(KEYPOINT_OKS_SIGMAS),
         )
     if family == "voc_c4":
-        from detco_bench.synthetic_layouts import CLASS_NAMES
+        from detco_bench.synthetic import CLASS_NAMES
 
         spec.meta["thing_classes"] = list(CLASS_NAMES)
     return load_records(spec, settings, keypoints=family == "keypoint")
 
 
 def bench_family(family: str, root: Path, args: argparse.Namespace) -> tuple[float, float, str]:
+    from detco_bench.engines.torchvision.data.datasets import TrainDataset
+    from detco_bench.engines.torchvision.models.build import build_model
+    from detco_bench.engines.torchvision.settings import Settings
+    from detco_bench.engines.torchvision.train.solver import build_optimizer
     from detco_bench.transfer_config import effective_config, flatten, set_key
-    from detco_bench.tv_engine.data import TrainDataset
-    from detco_bench.tv_engine.models import build_model
-    from detco_bench.tv_engine.settings import Settings
-    from detco_bench.tv_engine.train import build_optimizer
 
     cfg = effective_config(FAMILY_TASKS[family])
     for key, value in flatten(cfg).items():
@@ -153,8 +153,8 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from detco_bench.synthetic_layouts import write_synthetic_dataset
-    from detco_bench.transfer_data import prepare_cityscapes
+    from detco_bench.datasets import prepare_cityscapes
+    from detco_bench.synthetic import write_synthetic_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -12,7 +12,7 @@ LAYOUT_CHOICES = ("images", "imagefolder", "coco", "voc", "cityscapes", "all")
 
 
 def _image_size(size: str | None, height: int | None, width: int | None) -> tuple[int, int]:
-    from detco_bench.synthetic_layouts import DEFAULT_IMAGE_SIZE, parse_image_size
+    from detco_bench.synthetic import DEFAULT_IMAGE_SIZE, parse_image_size
 
     if size is not None:
         if height is not None or width is not None:
@@ -43,7 +43,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
     ) -> None:
         """Write a deterministic synthetic dataset (unlabeled images, ImageFolder, COCO, VOC or
         Cityscapes layout) that the real tools of each format can read."""
-        from detco_bench.synthetic_layouts import describe, write_synthetic_dataset
+        from detco_bench.synthetic import describe, write_synthetic_dataset
 
         if layout not in LAYOUT_CHOICES:
             raise UserError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUT_CHOICES)}")

@@ -46,6 +46,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         linear_flags: str = typer.Option(None, help="Extra flags for every linear job, e.g. '--epochs 30'."),
         max_retries: int = typer.Option(1, help="Retries of a failed job before giving up on it."),
         method: str = typer.Option(None, help="Method label for the records (default: from the checkpoint)."),
+        baselines: str = typer.Option(None, help="In-harness baselines run with the same suite, seeds and "
+                                      "settings: random (random init of the same architecture), "
+                                      "LABEL:PATH (e.g. supervised:sup.pth), or PATH; comma-separated."),
         partition: str = typer.Option(None, help="Slurm partition."),
         gpus_per_node: int = typer.Option(1, help="Slurm GPUs per job."),
         time_min: int = typer.Option(4320, "--time", help="Slurm time limit per job, minutes."),
@@ -62,7 +65,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             data_root=str(data_root) if data_root else None, linear_data=str(linear_data) if linear_data else None,
             max_retries=max_retries, method=method, extra_opts=tuple(shlex.split(opts or "")),
             linear_flags=tuple(shlex.split(linear_flags or "")),
-            slurm={"partition": partition, "gpus_per_node": gpus_per_node, "time": time_min})
+            slurm={"partition": partition, "gpus_per_node": gpus_per_node, "time": time_min}, baselines=baselines)
         state = run_pipeline(cfg, out, log=lambda m: console.print(m, soft_wrap=True, highlight=False, markup=False))
         failed = _show(state, console)
         code = 0

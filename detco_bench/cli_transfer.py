@@ -163,7 +163,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         semantic task (and, with --instance-ids, missing *_gtFine_instanceIds.png)."""
         from rich.progress import Progress
 
-        from detco_bench.transfer_data import prepare_cityscapes
+        from detco_bench.datasets import prepare_cityscapes
 
         with Progress(transient=True) as progress:
             bar = progress.add_task("cityscapesScripts", total=None)

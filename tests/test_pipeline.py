@@ -67,7 +67,7 @@ def test_runs_jobs_then_skips_them(setup: tuple[Path, Path], tmp_path: Path, mon
     ck, data = setup
     import detco_bench.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "parse_suite", lambda s, n: [Job("linear", "knn", 0, LINEAR_FAST)])
+    monkeypatch.setattr(pipeline.runner, "parse_suite", lambda s, n: [Job("linear", "knn", 0, LINEAR_FAST)])
     logs: list[str] = []
     state = run_pipeline(_linear_suite(ck, data), tmp_path / "p", log=logs.append)
     assert state["jobs"]["linear_knn-s0"]["status"] == "success"
@@ -90,7 +90,7 @@ def test_failed_job_is_retried_then_reported(setup: tuple[Path, Path], tmp_path:
     import detco_bench.pipeline as pipeline
 
     # An invalid flag makes the job exit 2 every time.
-    monkeypatch.setattr(pipeline, "parse_suite", lambda s, n: [Job("linear", "knn", 0, ("--knn-k", "0"))])
+    monkeypatch.setattr(pipeline.runner, "parse_suite", lambda s, n: [Job("linear", "knn", 0, ("--knn-k", "0"))])
     logs: list[str] = []
     cfg = _linear_suite(ck, data)
     cfg.max_retries = 2
@@ -141,7 +141,7 @@ def test_slurm_launcher_submits_one_job_per_task(setup: tuple[Path, Path], tmp_p
     cfg.launcher = "slurm"
     import detco_bench.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "parse_suite", lambda s, n: [Job("linear", "knn", 0, LINEAR_FAST),
+    monkeypatch.setattr(pipeline.runner, "parse_suite", lambda s, n: [Job("linear", "knn", 0, LINEAR_FAST),
                                                                Job("linear", "knn", 1, LINEAR_FAST)])
     state = run_pipeline(cfg, tmp_path / "p", log=lambda m: None)
     ids = [state["jobs"][f"linear_knn-s{s}"]["job_id"] for s in (0, 1)]
@@ -168,3 +168,47 @@ def test_run_bad_input_exits_2(setup: tuple[Path, Path], tmp_path: Path, args: l
 def test_run_missing_checkpoint_exits_2(tmp_path: Path) -> None:
     result = runner.invoke(app, ["run", "--checkpoint", str(tmp_path / "none.pth"), "--out", str(tmp_path / "p")])
     assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+def test_parse_baselines() -> None:
+    from detco_bench.pipeline.baselines import parse_baselines
+
+    assert parse_baselines("random, supervised:/a/sup.pth,/b/other.pth") == [
+        ("random", None), ("supervised", "/a/sup.pth"), ("", "/b/other.pth")]
+    assert parse_baselines(None) == [] and parse_baselines("") == []
+    with pytest.raises(UserError, match="twice"):
+        parse_baselines("supervised:a.pth,supervised:b.pth")
+
+
+def test_random_init_baseline_is_deterministic(tmp_path: Path) -> None:
+    import torch
+
+    from detco_bench.pipeline.baselines import random_init_checkpoint
+
+    a = random_init_checkpoint("resnet18", tmp_path / "a")
+    b = random_init_checkpoint("resnet18", tmp_path / "b")
+    sa, sb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    state = torch.get_rng_state()
+    random_init_checkpoint("resnet18", tmp_path / "c")
+    assert torch.equal(state, torch.get_rng_state())  # the caller's random stream is left alone
+
+
+def test_baselines_run_the_same_suite(setup: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                      ) -> None:
+    ck, data = setup
+    import detco_bench.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline.runner, "parse_suite",
+                        lambda s, n, subject="": [Job("linear", "knn", 0, LINEAR_FAST, subject)])
+    cfg = _linear_suite(ck, data)
+    cfg.baselines = f"random,supervised:{ck}"
+    state = run_pipeline(cfg, tmp_path / "p", log=lambda m: None)
+    assert state["plan"] == ["linear_knn-s0", "random/linear_knn-s0", "supervised/linear_knn-s0"]
+    assert all(job["status"] == "success" for job in state["jobs"].values())
+    methods = {name: read_record(job["record"]).checkpoint.method for name, job in state["jobs"].items()}
+    assert methods["random/linear_knn-s0"] == "random" and methods["supervised/linear_knn-s0"] == "supervised"
+    assert (tmp_path / "p" / "baselines" / "random_resnet18.pth").is_file()
+    with pytest.raises(UserError, match="does not exist"):
+        cfg.baselines = str(tmp_path / "missing.pth")
+        run_pipeline(cfg, tmp_path / "p2", log=lambda m: None)

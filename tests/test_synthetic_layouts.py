@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from detco_bench import cli_data
 from detco_bench.errors import UserError
-from detco_bench.synthetic_layouts import (
+from detco_bench.synthetic import (
     CITYSCAPES_CLASS_LABELS,
     KEYPOINT_OKS_SIGMAS,
     MANIFEST_NAME,
@@ -411,7 +411,7 @@ def test_random_resnet_linear_probe_beats_chance() -> None:
     import torch
     import torchvision
 
-    from detco_bench.synthetic_layouts import render_classification_image
+    from detco_bench.synthetic import render_classification_image
 
     torch.manual_seed(0)
 

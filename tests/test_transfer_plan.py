@@ -20,7 +20,7 @@ from detco_bench import engines
 from detco_bench.cli import app
 from detco_bench.errors import UserError
 from detco_bench.records import read_record
-from detco_bench.synthetic_layouts import CLASS_NAMES, write_synthetic_dataset
+from detco_bench.synthetic import CLASS_NAMES, write_synthetic_dataset
 from detco_bench.transfer import (
     SlurmSpec,
     TransferPlan,
@@ -240,7 +240,7 @@ def test_c4_needs_a_bottleneck_resnet(
 
 
 def test_synthetic_metadata_for_keypoints_and_voc(data_root: Path, cache: Path, results: Path, tmp_path: Path) -> None:
-    from detco_bench.synthetic_layouts import KEYPOINT_OKS_SIGMAS
+    from detco_bench.synthetic import KEYPOINT_OKS_SIGMAS
 
     kp = _plan("keypoint_fpn_2x", None, tmp_path / "kp", data_root, cache, results)
     assert kp.config["MODEL"]["ROI_KEYPOINT_HEAD"]["NUM_KEYPOINTS"] == 4
@@ -652,7 +652,7 @@ def test_prepare_cityscapes_creates_train_ids(cityscapes: Path) -> None:
 def test_prepare_cityscapes_instance_ids_despite_pillow_mode_i(cityscapes: Path) -> None:
     from PIL import Image
 
-    from detco_bench.transfer_data import prepare_cityscapes
+    from detco_bench.datasets import prepare_cityscapes
 
     target = next(cityscapes.rglob("*_gtFine_instanceIds.png"))
     original = np.asarray(Image.open(target)).astype(np.int64)
@@ -667,13 +667,13 @@ def test_prepare_cityscapes_instance_ids_despite_pillow_mode_i(cityscapes: Path)
 def test_cityscapes_evaluation_of_perfect_predictions(cityscapes: Path, tmp_path: Path) -> None:
     from PIL import Image
 
-    from detco_bench.cityscapes_eval import InstanceWriter, SemanticWriter
-    from detco_bench.transfer_data import (
+    from detco_bench.datasets import (
         CITYSCAPES_THING_IDS,
         load_cityscapes_instances,
         load_cityscapes_semantic,
         prepare_cityscapes,
     )
+    from detco_bench.evaluation import InstanceWriter, SemanticWriter
 
     prepare_cityscapes(cityscapes)
     images, gt = cityscapes / "leftImg8bit" / "val", cityscapes / "gtFine" / "val"

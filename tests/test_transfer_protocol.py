@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from detco_bench.cli import app
 from detco_bench.errors import UserError
-from detco_bench.synthetic_layouts import write_synthetic_dataset
+from detco_bench.synthetic import write_synthetic_dataset
 from detco_bench.transfer.plan import TransferPlan
 from detco_bench.transfer.planner import plan_transfer
 from detco_bench.transfer.protocol import images_per_bn_group

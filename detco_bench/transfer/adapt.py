@@ -8,17 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from detco_bench.convert import ARCHS
-from detco_bench.errors import UserError
-from detco_bench.synthetic_layouts import (
-    COCO_CATEGORIES,
-    COCO_KEYPOINT_CATEGORY,
-    KEYPOINT_FLIP_MAP,
-    KEYPOINT_OKS_SIGMAS,
-    KEYPOINT_SKELETON,
-)
-from detco_bench.tasks import COCO_FORMAT_FAMILIES, Task, parse_subset
-from detco_bench.transfer_config import SYNC_BN_NAMES, flatten, get_key, set_key
-from detco_bench.transfer_data import (
+from detco_bench.datasets import (
     DatasetSpec,
     builtin_dataset,
     coco_person_keypoint_meta,
@@ -27,6 +17,16 @@ from detco_bench.transfer_data import (
     read_coco_categories,
     synthetic_manifest,
 )
+from detco_bench.errors import UserError
+from detco_bench.synthetic import (
+    COCO_CATEGORIES,
+    COCO_KEYPOINT_CATEGORY,
+    KEYPOINT_FLIP_MAP,
+    KEYPOINT_OKS_SIGMAS,
+    KEYPOINT_SKELETON,
+)
+from detco_bench.tasks import COCO_FORMAT_FAMILIES, Task, parse_subset
+from detco_bench.transfer_config import SYNC_BN_NAMES, flatten, get_key, set_key
 
 #: The protocol's configs are written for 8 GPUs (2 images per GPU; 1 for Cityscapes instance).
 REFERENCE_WORLD_SIZE = 8

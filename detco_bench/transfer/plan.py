@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from detco_bench.datasets import DatasetSpec
 from detco_bench.records import record_filename
 from detco_bench.tasks import Task, get_task
 from detco_bench.transfer.options import SlurmSpec, TransferOptions
-from detco_bench.transfer_data import DatasetSpec
 
 #: The files a transfer writes into its output folder.
 STATE_FILE = "transfer_state.json"

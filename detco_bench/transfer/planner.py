@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from detco_bench.convert import load_backbone, sha256_file
+from detco_bench.datasets import builtin_dataset, check_dataset, data_root, synthetic_manifest
 from detco_bench.engines import resolve_engine
 from detco_bench.errors import UserError
 from detco_bench.records import config_hash, default_results_dir, new_run_id
@@ -34,7 +35,6 @@ from detco_bench.transfer.protocol import protocol_fidelity
 from detco_bench.transfer.state import folder_state
 from detco_bench.transfer.weights import weights_cache_path
 from detco_bench.transfer_config import apply_opts, effective_config, get_key, parse_opts, set_key
-from detco_bench.transfer_data import builtin_dataset, check_dataset, data_root, synthetic_manifest
 
 LAUNCHERS: tuple[str, ...] = ("local", "slurm")
 DEVICES: tuple[str, ...] = ("cpu", "cuda")

@@ -1,0 +1,148 @@
+"""`run_pipeline`: one checkpoint (and its in-harness baselines) through a suite of jobs, each its
+own `detco-bench` process; resumable, with retries, one job per visible GPU, or on Slurm."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detco_bench.checkpoints import load_backbone, sha256_file
+from detco_bench.engines import resolve_engine
+from detco_bench.errors import UserError
+from detco_bench.pipeline.baselines import Subject, baseline_subjects, parse_baselines
+from detco_bench.pipeline.config import STATE_FILE, PipelineConfig, load_state
+from detco_bench.pipeline.jobs import cli, job_command, submit_job, successful_record, weights_cache_dir
+from detco_bench.pipeline.suites import Job, parse_suite
+from detco_bench.transfer.weights import ensure_converted, weights_cache_path
+from pretrain.atomic import atomic_write_json
+
+
+def convert_once(checkpoint: str, engine: str, root: Path, log: Callable[[str], None]) -> Path:
+    """Verify and convert a checkpoint once, before any job: a checkpoint that does not convert
+    cleanly stops the suite here instead of failing every job. The conversion goes where the
+    transfer jobs look for it (the shared cache, keyed by the checkpoint's sha256 and the engine),
+    so they reuse it instead of converting again."""
+    loaded = load_backbone(checkpoint)
+    sha = sha256_file(checkpoint)
+    engine = resolve_engine(engine)
+    out = ensure_converted(checkpoint, loaded.format, sha, engine, weights_cache_path(sha, engine,
+                                                                                     weights_cache_dir(root)))
+    log(f"converted and verified: {out}")
+    return out
+
+
+def gpu_slots(cfg: PipelineConfig) -> list[str | None]:
+    """One slot per visible GPU (jobs then run side by side, one GPU each); one slot on the CPU."""
+    if cfg.device == "cpu" or not torch.cuda.is_available():
+        return [None]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        ids = [i.strip() for i in visible.split(",") if i.strip()]
+    else:
+        ids = [str(i) for i in range(torch.cuda.device_count())]
+    return list(ids) or [None]
+
+
+def run_pipeline(cfg: PipelineConfig, root: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Plan, run (or submit) every job not yet done, and return the final state."""
+    if not Path(cfg.checkpoint).is_file():
+        raise UserError(f"checkpoint {cfg.checkpoint} does not exist")
+    if cfg.launcher not in ("local", "slurm"):
+        raise UserError(f"unknown --launcher {cfg.launcher!r}; choose local or slurm")
+    specs = parse_baselines(cfg.baselines)
+    jobs = parse_suite(cfg.suite, cfg.seeds)
+    if any(j.kind == "linear" for j in jobs) and not cfg.linear_data:
+        raise UserError("the suite has linear-probe jobs: give --linear-data (an ImageFolder root)")
+    root.mkdir(parents=True, exist_ok=True)
+    state = load_state(root)
+    if state and state.get("config", {}).get("checkpoint") not in (None, cfg.checkpoint):
+        raise UserError(f"{root} belongs to a pipeline of checkpoint {state['config']['checkpoint']}; "
+                        "use another --out")
+    subjects = {"": Subject("", cfg.checkpoint, cfg.method)}
+    subjects.update((b.name, b) for b in baseline_subjects(specs, cfg.checkpoint, root))
+    jobs += [job for name in subjects if name for job in parse_suite(cfg.suite, cfg.seeds, subject=name)]
+    state.setdefault("jobs", {})
+    state["config"] = asdict(cfg)
+    state["plan"] = [j.name for j in jobs]
+    state["subjects"] = {name: asdict(subject) for name, subject in subjects.items()}
+
+    def save() -> None:
+        atomic_write_json(root / STATE_FILE, state)
+
+    save()
+    for subject in subjects.values():
+        convert_once(subject.checkpoint, cfg.engine, root, log)
+    pending: list[Job] = []
+    for job in jobs:
+        entry = state["jobs"].setdefault(job.name, {"status": "pending", "attempts": 0})
+        entry["attempts"] = 0 if entry.get("status") != "running" else entry.get("attempts", 0)
+        done = successful_record(root, job)
+        if done is not None:
+            entry.update(status="success", record=str(done))
+            log(f"[skip] {job.name}: already has a successful record")
+        elif cfg.launcher == "slurm":
+            entry.update(status="submitted", job_id=submit_job(job, cfg, root, subjects[job.subject]))
+            log(f"[slurm] {job.name}: submitted as job {entry['job_id']}")
+        else:
+            pending.append(job)
+        save()
+
+    slots = gpu_slots(cfg)
+    running: dict[str | None, tuple[Job, subprocess.Popen[bytes], float]] = {}
+    while pending or running:
+        for slot in slots:
+            if slot in running or not pending:
+                continue
+            job = pending.pop(0)
+            entry = state["jobs"][job.name]
+            entry.update(status="running", attempts=entry["attempts"] + 1, gpu=slot)
+            save()
+            env = dict(os.environ)
+            if slot is not None:
+                env["CUDA_VISIBLE_DEVICES"] = slot
+            log(f"[run] {job.name} (attempt {entry['attempts']}{'' if slot is None else f', GPU {slot}'})")
+            running[slot] = (job, subprocess.Popen(job_command(job, cfg, root, subjects[job.subject]),
+                                                        env=env), time.time())
+        time.sleep(0.2)
+        for slot, (job, proc, started) in list(running.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del running[slot]
+            entry = state["jobs"][job.name]
+            record = successful_record(root, job) if code == 0 else None
+            if record is not None:
+                entry.update(status="success", record=str(record), wall_clock_s=time.time() - started)
+                log(f"[done] {job.name}")
+            else:
+                entry.update(status="failed", exit_code=code)
+                retry = entry["attempts"] <= cfg.max_retries
+                log(f"[fail] {job.name}: exit code {code}" + ("; retrying" if retry else ""))
+                if retry:
+                    pending.insert(0, job)
+            save()
+    return state
+
+
+def make_report(root: Path, formats: str = "terminal,md,html,png", check: str | None = None) -> int:
+    """Run `detco-bench report` over the pipeline's records; returns its exit code."""
+    sources = [str(p) for p in (root / "records", root / "jobs") if p.is_dir()]
+    if not sources:  # never fall back to the default results store: the report is of this pipeline
+        print(f"no records in {root} yet: nothing to report")
+        return 1
+    cmd = [*cli(), "report", *sources, "--out", str(root / "report"), "--format", formats]
+    if check:
+        cmd += ["--check", "--reference", check]
+    return subprocess.run(cmd, check=False).returncode
+
+
+def summarize(state: dict[str, Any]) -> Sequence[tuple[str, str, str]]:
+    return [(name, job.get("status", "?"), job.get("record") or job.get("job_id") or "")
+            for name, job in state.get("jobs", {}).items() if name in state.get("plan", [])]
