@@ -54,19 +54,24 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         time_min: int = typer.Option(4320, "--time", help="Slurm time limit per job, minutes."),
         report: bool = typer.Option(True, "--report/--no-report", help="Finish with the report."),
         check: str = typer.Option(None, help="Also check the report against a reference (paper | smoke | FILE)."),
+        force: bool = typer.Option(False, "--force", help="Reuse a pipeline folder of other settings: jobs whose "
+                                   "settings changed rerun in fresh folders (the old ones are kept aside)."),
     ) -> None:
         """Evaluate one checkpoint on a suite of transfer tasks and linear probes, then report.
         Killed and rerun, it skips finished jobs and resumes interrupted ones."""
         from detco_bench.pipeline import PipelineConfig, make_report, run_pipeline
+        from detco_bench.pipeline.validate import check_reference
 
         console = Console()
+        check_reference(check)
         cfg = PipelineConfig(
             checkpoint=str(checkpoint), suite=suite, seeds=seeds, engine=engine, launcher=launcher, device=device,
             data_root=str(data_root) if data_root else None, linear_data=str(linear_data) if linear_data else None,
             max_retries=max_retries, method=method, extra_opts=tuple(shlex.split(opts or "")),
             linear_flags=tuple(shlex.split(linear_flags or "")),
             slurm={"partition": partition, "gpus_per_node": gpus_per_node, "time": time_min}, baselines=baselines)
-        state = run_pipeline(cfg, out, log=lambda m: console.print(m, soft_wrap=True, highlight=False, markup=False))
+        state = run_pipeline(cfg, out, log=lambda m: console.print(m, soft_wrap=True, highlight=False, markup=False),
+                             force=force)
         failed = _show(state, console)
         code = 0
         if report and launcher == "local":

@@ -212,3 +212,45 @@ def test_baselines_run_the_same_suite(setup: tuple[Path, Path], tmp_path: Path, 
     with pytest.raises(UserError, match="does not exist"):
         cfg.baselines = str(tmp_path / "missing.pth")
         run_pipeline(cfg, tmp_path / "p2", log=lambda m: None)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--suite", "coco_fpn_1x", "--opts", "SOLVER.MAX_ITR 5", "--device", "cpu"], "did you mean SOLVER.MAX_ITER"),
+    (["--suite", "coco_fpn_1x", "--opts", "SOLVER.MAX_ITER", "--device", "cpu"], "odd number"),
+    (["--suite", "coco_fpn_1x", "--device", "cpu"], "coco"),  # no dataset there: refused before any job
+    (["--suite", "linear:knn", "--linear-data", "x", "--linear-flags", "--epochs many"], "epochs"),
+    (["--suite", "linear:knn", "--linear-data", "x", "--linear-flags", "--no-such-flag"], "no-such-flag"),
+    (["--suite", "linear:knn", "--linear-data", "x", "--max-retries", "-1"], "--max-retries"),
+    (["--suite", "linear:knn", "--linear-data", "x", "--check", "bogusref"], "bogusref"),
+])
+def test_run_validates_every_job_before_starting(setup: tuple[Path, Path], tmp_path: Path, args: list[str],
+                                                  message: str) -> None:
+    ck, _ = setup
+    result = runner.invoke(app, ["run", "--checkpoint", str(ck), "--out", str(tmp_path / "p"),
+                                 "--data-root", str(tmp_path / "nodata"), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "p").exists(), "nothing is created for a pipeline that cannot start"
+
+
+def test_changed_settings_are_refused_then_rerun_with_force(setup: tuple[Path, Path], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    ck, data = setup
+    import detco_bench.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline.runner, "parse_suite", lambda s, n, subject="": [Job("linear", "knn", 0, (),
+                                                                                        subject)])
+    cfg = _linear_suite(ck, data)
+    cfg.linear_flags = LINEAR_FAST
+    first = run_pipeline(cfg, tmp_path / "p", log=lambda m: None)
+    old_record = first["jobs"]["linear_knn-s0"]["record"]
+    cfg.linear_flags = (*LINEAR_FAST, "--knn-k", "3")
+    with pytest.raises(UserError, match="other settings.*linear_flags"):
+        run_pipeline(cfg, tmp_path / "p", log=lambda m: None)
+    assert json.loads((tmp_path / "p" / "pipeline.json").read_text())["config"]["linear_flags"] == list(LINEAR_FAST)
+    logs: list[str] = []
+    again = run_pipeline(cfg, tmp_path / "p", log=logs.append, force=True)
+    assert any("[run] linear_knn-s0" in x for x in logs), logs
+    assert again["jobs"]["linear_knn-s0"]["record"] != old_record
+    assert read_record(again["jobs"]["linear_knn-s0"]["record"]).config["knn_k"] == 3
+    assert list((tmp_path / "p" / "jobs").glob("linear_knn-s0.replaced-*")), "the old folder is kept aside"

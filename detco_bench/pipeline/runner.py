@@ -20,6 +20,7 @@ from detco_bench.pipeline.baselines import Subject, baseline_subjects, parse_bas
 from detco_bench.pipeline.config import STATE_FILE, PipelineConfig, load_state
 from detco_bench.pipeline.jobs import cli, job_command, submit_job, successful_record, weights_cache_dir
 from detco_bench.pipeline.suites import Job, parse_suite
+from detco_bench.pipeline.validate import validate_jobs
 from detco_bench.transfer.weights import ensure_converted, weights_cache_path
 from pretrain.atomic import atomic_write_json
 
@@ -50,8 +51,31 @@ def gpu_slots(cfg: PipelineConfig) -> list[str | None]:
     return list(ids) or [None]
 
 
-def run_pipeline(cfg: PipelineConfig, root: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Plan, run (or submit) every job not yet done, and return the final state."""
+def _settings_changed(previous: dict[str, Any], cfg: PipelineConfig) -> list[str]:
+    """The settings in which a pipeline folder's recorded run differs from `cfg`."""
+    ignored = {"max_retries", "slurm", "launcher"}  # how jobs run, not what they measure
+    now = asdict(cfg)
+    return [k for k in now if k not in ignored and k in previous and _jsonable(previous[k]) != _jsonable(now[k])]
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _replace_folder(root: Path, job: Job) -> None:
+    """--force reruns a job with new settings: its old folder is kept aside, never deleted."""
+    folder = root / "jobs" / job.name
+    if folder.exists():
+        os.replace(folder, folder.with_name(f"{folder.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}"))
+
+
+def run_pipeline(cfg: PipelineConfig, root: Path, log: Callable[[str], None] = print,
+                 force: bool = False) -> dict[str, Any]:
+    """Plan, run (or submit) every job not yet done, and return the final state.
+
+    A folder holding a pipeline of other settings (suite, seeds, --opts, flags, ...) is refused
+    unless `force`; with it, jobs whose command line changed rerun in fresh folders (the old ones
+    are kept aside)."""
     if not Path(cfg.checkpoint).is_file():
         raise UserError(f"checkpoint {cfg.checkpoint} does not exist")
     if cfg.launcher not in ("local", "slurm"):
@@ -60,11 +84,21 @@ def run_pipeline(cfg: PipelineConfig, root: Path, log: Callable[[str], None] = p
     jobs = parse_suite(cfg.suite, cfg.seeds)
     if any(j.kind == "linear" for j in jobs) and not cfg.linear_data:
         raise UserError("the suite has linear-probe jobs: give --linear-data (an ImageFolder root)")
-    root.mkdir(parents=True, exist_ok=True)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--out {root} exists and is not a folder")
+    validate_jobs(cfg, jobs, root)
     state = load_state(root)
     if state and state.get("config", {}).get("checkpoint") not in (None, cfg.checkpoint):
         raise UserError(f"{root} belongs to a pipeline of checkpoint {state['config']['checkpoint']}; "
                         "use another --out")
+    changed = _settings_changed(state.get("config", {}), cfg) if state else []
+    if changed and not force:
+        raise UserError(f"{root} holds a pipeline with other settings ({', '.join(changed)}); use another --out, "
+                        "or --force to rerun the jobs whose settings changed")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create --out {root}: {exc.strerror or exc}") from None
     subjects = {"": Subject("", cfg.checkpoint, cfg.method)}
     subjects.update((b.name, b) for b in baseline_subjects(specs, cfg.checkpoint, root))
     jobs += [job for name in subjects if name for job in parse_suite(cfg.suite, cfg.seeds, subject=name)]
@@ -83,6 +117,12 @@ def run_pipeline(cfg: PipelineConfig, root: Path, log: Callable[[str], None] = p
     for job in jobs:
         entry = state["jobs"].setdefault(job.name, {"status": "pending", "attempts": 0})
         entry["attempts"] = 0 if entry.get("status") != "running" else entry.get("attempts", 0)
+        command = job_command(job, cfg, root, subjects[job.subject])[len(cli()):]
+        if entry.get("command") not in (None, command):
+            # Only reached with --force (other settings were refused above): a fresh folder.
+            _replace_folder(root, job)
+            entry.update(status="pending", record=None)
+        entry["command"] = command
         done = successful_record(root, job)
         if done is not None:
             entry.update(status="success", record=str(done))
