@@ -718,3 +718,46 @@ def test_record_label_marks_runs_that_are_not_the_protocol(data_root: Path, tmp_
     assert record_label("coco_fpn_1x", real, custom=True, opts=None) == "coco_fpn_1x.custom"
     assert record_label("coco_fpn_12k@1%", data_root, custom=False, opts=["INPUT.MIN_SIZE_TEST", "96"]) == \
         "coco_fpn_12k@1%.synthetic+opts"
+
+
+# --------------------------------------------------------------------------------------------
+# One writer per folder
+
+
+def test_a_second_writer_is_refused_and_a_finished_folder_not_rerun(
+    data_root: Path, checkpoint: Path, cache: Path, results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pretrain.lock import FolderLockedError, folder_lock
+
+    engine = FakeEngine()
+    monkeypatch.setitem(engines.ENGINES, "torchvision", engine)
+    out = tmp_path / "job"
+    first = _plan("coco_fpn_1x", checkpoint, out, data_root, cache, results)
+    second = _plan("coco_fpn_1x", checkpoint, out, data_root, cache, results)  # planned before either runs
+    with folder_lock(out):  # another process writes the folder
+        with pytest.raises(FolderLockedError, match="being written by another detco-bench process"):
+            run_transfer(second, log=lambda m: None)
+    assert not engine.plans and not list(results.glob("*.record.json"))
+    assert run_transfer(first, log=lambda m: None).status == "success"
+    # The second plan saw a new folder; it now holds the finished job: reported, not rerun.
+    assert run_transfer(second, log=lambda m: None).status == "finished" and len(engine.plans) == 1
+    stale = out / ".model_0000009.pth.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    third = _plan("coco_fpn_1x", checkpoint, out, data_root, cache, results, force=True)
+    run_transfer(third, log=lambda m: None)
+    assert not stale.exists(), "the temp file of a killed write is removed by the next writer"
+
+
+def test_cli_second_writer_exits_2_with_one_line(data_root: Path, checkpoint: Path, cache: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from pretrain.lock import folder_lock
+
+    monkeypatch.setitem(engines.ENGINES, "torchvision", FakeEngine())
+    out = tmp_path / "job"
+    args = ["transfer", "--task", "coco_fpn_1x", "--checkpoint", str(checkpoint), "--out", str(out), "--engine",
+            "torchvision", "--device", "cpu", "--data-root", str(data_root), "--cache-dir", str(cache),
+            "--results", str(tmp_path / "r")]
+    with folder_lock(out):
+        result = runner.invoke(app, args)
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert "being written by another" in result.stderr

@@ -23,6 +23,7 @@ from detco_bench.pipeline.suites import Job, parse_suite
 from detco_bench.pipeline.validate import validate_jobs
 from detco_bench.transfer.weights import ensure_converted, weights_cache_path
 from pretrain.atomic import atomic_write_json
+from pretrain.lock import folder_lock
 
 
 def convert_once(checkpoint: str, engine: str, root: Path, log: Callable[[str], None]) -> Path:
@@ -99,6 +100,14 @@ def run_pipeline(cfg: PipelineConfig, root: Path, log: Callable[[str], None] = p
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create --out {root}: {exc.strerror or exc}") from None
+    with folder_lock(root):  # one pipeline per folder
+        return _run_jobs(cfg, root, jobs, specs, state, log)
+
+
+def _run_jobs(cfg: PipelineConfig, root: Path, jobs: list[Job], specs: list[tuple[str, str | None]],
+              state: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """Run or submit the jobs not done yet (under the folder's lock); returns the final state."""
+    state = load_state(root) or state  # as it is now that this process is the folder's writer
     subjects = {"": Subject("", cfg.checkpoint, cfg.method)}
     subjects.update((b.name, b) for b in baseline_subjects(specs, cfg.checkpoint, root))
     jobs += [job for name in subjects if name for job in parse_suite(cfg.suite, cfg.seeds, subject=name)]

@@ -5,18 +5,20 @@ the job to Slurm."""
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from detco_bench.engines import get_engine
+from detco_bench.engines import Engine, get_engine
 from detco_bench.errors import UserError
 from detco_bench.tasks import write_subset_json
 from detco_bench.transfer.outcome import fail_run, start_run
 from detco_bench.transfer.plan import TransferPlan
 from detco_bench.transfer.slurm import submit_plan
-from detco_bench.transfer.state import read_state, write_state
+from detco_bench.transfer.state import folder_state, read_state, write_state
 from detco_bench.transfer.weights import ensure_converted
+from pretrain.lock import folder_lock
 
 
 @dataclass
@@ -57,7 +59,22 @@ def run_transfer(plan: TransferPlan, log: Any = print) -> TransferOutcome:
     reason = engine.available()
     if reason is not None:
         raise UserError(f"engine {plan.engine}: {reason}")
+    # One writer per folder: machine 0 holds the lock from the first write to the end of the run.
+    lock = folder_lock(plan.output_dir) if plan.machine_rank == 0 else nullcontext()
+    with lock:
+        return _execute(plan, engine, log)
+
+
+def _execute(plan: TransferPlan, engine: Engine, log: Any) -> TransferOutcome:
+    """The run itself, under the folder's lock."""
     if plan.machine_rank == 0:
+        # Another process may have finished or started this folder between the plan and the lock.
+        now = folder_state(plan.output_dir, plan.state["identity"])
+        if now["status"] == "finished" and not plan.force:
+            return TransferOutcome("finished", record=Path(now["record"]) if now.get("record") else None, plan=plan)
+        if now["status"] != plan.state["status"] and not plan.force:
+            raise UserError(f"{plan.out_dir} changed since this run was planned ({plan.state['status']} -> "
+                            f"{now['status']}); run the command again")
         prepare_datasets(plan)
     prepare_weights(plan)
     if plan.machine_rank == 0:

@@ -10,6 +10,7 @@ from typing import Any
 
 from detco_bench.transfer.plan import STATE_FILE
 from pretrain.atomic import atomic_write_json
+from pretrain.lock import is_lock_file
 
 
 def read_state(out: str | os.PathLike) -> dict[str, Any] | None:
@@ -31,7 +32,7 @@ def write_state(out: str | os.PathLike, state: dict[str, Any]) -> None:
 def folder_state(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
     previous = read_state(out)
     if previous is None:
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if out.exists() and (not out.is_dir() or any(not is_lock_file(p) for p in out.iterdir())):
             return {
                 "status": "conflict",
                 "reason": f"--out {out} exists and is not a detco-bench transfer folder (no {STATE_FILE}); "
