@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import sys
 
 import typer
 from rich.console import Console
+from typer.exceptions import TyperException
 
-from detco_bench.errors import cli_errors
+from detco_bench.errors import EXIT_BAD_INPUT, cli_errors
 
 app = typer.Typer(
     name="detco-bench",
@@ -47,7 +49,19 @@ _register_commands()
 
 
 def main() -> None:
-    app()
+    """The console script: usage errors (unknown option, bad value, missing argument) are one
+    ``error:`` line and exit code 2, like every other bad input."""
+    try:
+        code = app(standalone_mode=False)
+    except TyperException as exc:
+        message = " ".join((exc.format_message() if hasattr(exc, "format_message") else str(exc)).split())
+        if message:  # empty when a bare group printed its help
+            print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", EXIT_BAD_INPUT))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,9 @@ CUSTOM_KEYS: dict[str, Any] = {
     "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA": 1.0,
 }
 
+#: detectron2's ``get_norm`` names of synchronized BatchNorm (plain BN on one process or on CPU).
+SYNC_BN_NAMES: tuple[str, ...] = ("SyncBN", "naiveSyncBN", "naiveSyncBN_N", "nnSyncBN")
+
 Config = dict[str, Any]
 
 
@@ -255,6 +258,11 @@ def coerce_value(key: str, value: Any, original: Any) -> Any:
 KnownDefaults = Callable[[], Mapping[str, Any] | None]
 
 
+def _with_custom_keys(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """`flat` plus the `CUSTOM_KEYS` it does not have."""
+    return {**CUSTOM_KEYS, **flat}
+
+
 @cache
 def detectron2_defaults() -> dict[str, Any] | None:
     """detectron2's default config (flattened, plus `CUSTOM_KEYS`), or None without detectron2."""
@@ -263,10 +271,15 @@ def detectron2_defaults() -> dict[str, Any] | None:
     except Exception:  # noqa: BLE001 - not importable here
         return None
     flat = flatten(yaml.safe_load(get_cfg().dump()))
-    flat = {k: decode_value(v) for k, v in flat.items()}
-    for key, value in CUSTOM_KEYS.items():
-        flat.setdefault(key, value)
-    return flat
+    return _with_custom_keys({k: decode_value(v) for k, v in flat.items()})
+
+
+@cache
+def base_defaults() -> dict[str, Any]:
+    """Detectron2's defaults for the keys the engines read, without detectron2:
+    ``transfer_configs/Base-Defaults.yaml`` (the root of every task's chain, checked against
+    `detectron2_defaults` by a detectron2-marked test), flattened, plus `CUSTOM_KEYS`."""
+    return _with_custom_keys(flatten(load_config_file(config_path("Base-Defaults.yaml"))))
 
 
 def apply_opts(
@@ -352,15 +365,3 @@ def to_yaml(cfg: Mapping[str, Any]) -> str:
     _Dumper.add_representer(list, _list)
     _Dumper.add_representer(tuple, lambda d, data: _list(d, list(data)))
     return yaml.dump(dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=110)
-
-
-def bn_norm_keys(cfg: Mapping[str, Any]) -> list[str]:
-    """Dotted keys of normalization settings that use synchronized BatchNorm."""
-    return [
-        k
-        for k, v in flatten(cfg).items()
-        if k.rsplit(".", 1)[-1] == "NORM" and isinstance(v, str) and v in SYNC_BN_NAMES
-    ]
-
-
-SYNC_BN_NAMES: tuple[str, ...] = ("SyncBN", "naiveSyncBN", "naiveSyncBN_N", "nnSyncBN")

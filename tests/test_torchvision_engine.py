@@ -77,8 +77,8 @@ def _one_thread():
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Synthetic COCO / VOC / Cityscapes data, random-init ResNet-18 / ResNet-50 checkpoints in
     torchvision format, and a shared converted-weights cache."""
-    from detco_bench.synthetic_layouts import write_synthetic_dataset
-    from detco_bench.transfer_data import prepare_cityscapes
+    from detco_bench.datasets import prepare_cityscapes
+    from detco_bench.synthetic import write_synthetic_dataset
 
     base = tmp_path_factory.mktemp("tv_engine")
     data = base / "data"
@@ -199,7 +199,7 @@ def test_resume_continues_from_saved_iteration_bit_exactly(
 ) -> None:
     """Interrupted after iteration 3 (checkpoint at 2), the rerun resumes at 2 and ends with the
     same weights as an uninterrupted run; a finished job is then not rerun."""
-    import detco_bench.tv_engine.train as T
+    import detco_bench.engines.torchvision.train.loop as T
 
     opts = ["SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2"]
     reference = run_transfer(make_plan(world, "coco_fpn_12k", "resnet18", tmp_path / "ref", opts), log=lambda m: None)
@@ -251,7 +251,7 @@ def test_voc_ap_hand_computed_case() -> None:
     = 0.84848; area under the envelope = .5 * 1 + .5 * 2/3 = 0.83333.
     IoU 0.75: recall stays .5: VOC07 AP = 6/11 = 0.54545.
     AP over IoU .50:.95 (VOC07): 4 thresholds at 0.84848 (.50-.65), 6 at 0.54545 -> 0.66667."""
-    from detco_bench.tv_engine.evaluate import voc_ap, voc_eval, voc_evaluate
+    from detco_bench.engines.torchvision.evaluate.voc import voc_ap, voc_eval, voc_evaluate
 
     gt = {
         "img1": [{"name": "a", "difficult": 0, "bbox": [1, 1, 10, 10]}],
@@ -284,7 +284,7 @@ def test_voc_ap_hand_computed_case() -> None:
 
 
 def test_voc_detections_use_voc_pixel_convention() -> None:
-    from detco_bench.tv_engine.evaluate import voc_detections
+    from detco_bench.engines.torchvision.evaluate.voc import voc_detections
 
     out = {
         "boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0], [4.04, 5.06, 20.0, 30.0]]),
@@ -299,10 +299,11 @@ def test_voc_detections_use_voc_pixel_convention() -> None:
 def test_coco_perfect_predictions_score_100(world: dict[str, Path]) -> None:
     """Ground truth turned into predictions (through the engine's result conversion: boxes, mask
     probabilities pasted at full size, continuous keypoints) scores AP 100 with COCOeval."""
-    from detco_bench.transfer_data import DatasetSpec
-    from detco_bench.tv_engine.data import annotation_mask, load_coco
-    from detco_bench.tv_engine.evaluate import coco_evaluate, coco_results
-    from detco_bench.tv_engine.settings import Settings
+    from detco_bench.datasets import DatasetSpec
+    from detco_bench.engines.torchvision.data.coco import load_coco
+    from detco_bench.engines.torchvision.data.images import annotation_mask
+    from detco_bench.engines.torchvision.evaluate.coco import coco_evaluate, coco_results
+    from detco_bench.engines.torchvision.settings import Settings
 
     coco = world["data"] / "coco"
     for kind, keypoints in (("instances", False), ("person_keypoints", True)):
@@ -337,7 +338,7 @@ def test_coco_perfect_predictions_score_100(world: dict[str, Path]) -> None:
 
 
 def test_coco_no_predictions_is_zero_ap(world: dict[str, Path]) -> None:
-    from detco_bench.tv_engine.evaluate import coco_evaluate
+    from detco_bench.engines.torchvision.evaluate.coco import coco_evaluate
 
     json_file = world["data"] / "coco" / "annotations" / "instances_val2017.json"
     assert coco_evaluate(str(json_file), [], ["bbox"], ["a"]) == {"bbox/AP": 0.0, "bbox/AP50": 0.0, "bbox/AP75": 0.0}
@@ -348,8 +349,8 @@ def test_coco_no_predictions_is_zero_ap(world: dict[str, Path]) -> None:
 
 
 def test_lr_schedule_is_detectron2_warmup_multistep() -> None:
-    from detco_bench.tv_engine.settings import Settings
-    from detco_bench.tv_engine.train import lr_factor
+    from detco_bench.engines.torchvision.settings import Settings
+    from detco_bench.engines.torchvision.train.solver import lr_factor
 
     s = Settings({"SOLVER": {"MAX_ITER": 100, "STEPS": [60, 80, 200], "WARMUP_ITERS": 10, "WARMUP_FACTOR": 0.001}})
     assert lr_factor(0, s) == pytest.approx(0.001)
@@ -362,7 +363,7 @@ def test_lr_schedule_is_detectron2_warmup_multistep() -> None:
 
 
 def test_shortest_edge_size_is_detectron2_rule() -> None:
-    from detco_bench.tv_engine.data import shortest_edge_size
+    from detco_bench.engines.torchvision.data.images import shortest_edge_size
 
     assert shortest_edge_size(480, 640, 800, 1333) == (800, 1067)
     assert shortest_edge_size(640, 480, 800, 1333) == (1067, 800)
@@ -373,7 +374,7 @@ def test_shortest_edge_size_is_detectron2_rule() -> None:
 def test_train_batches_resume_and_group_by_aspect_ratio() -> None:
     from itertools import islice
 
-    from detco_bench.tv_engine.data import TrainBatches
+    from detco_bench.engines.torchvision.data.batching import TrainBatches
 
     groups = [0, 1, 0, 0, 1, 1, 0, 1, 0]
     full = list(islice(iter(TrainBatches(groups, 2, seed=3, rank=1, world=2)), 12))
@@ -388,9 +389,10 @@ def test_train_batches_resume_and_group_by_aspect_ratio() -> None:
 def test_keypoints_move_with_the_image_and_swap_on_flip(world: dict[str, Path]) -> None:
     """Resize + horizontal flip on tv_tensors: every visible keypoint stays in its (flipped) box,
     and after the flip map 'left' is still the leftmost extreme point, 'right' the rightmost."""
-    from detco_bench.transfer_data import DatasetSpec
-    from detco_bench.tv_engine.data import TrainDataset, load_coco
-    from detco_bench.tv_engine.settings import Settings
+    from detco_bench.datasets import DatasetSpec
+    from detco_bench.engines.torchvision.data.coco import load_coco
+    from detco_bench.engines.torchvision.data.datasets import TrainDataset
+    from detco_bench.engines.torchvision.settings import Settings
 
     coco = world["data"] / "coco"
     spec = DatasetSpec(
@@ -436,9 +438,12 @@ def test_keypoints_move_with_the_image_and_swap_on_flip(world: dict[str, Path]) 
 def test_c4_model_is_detectron2_res5_roi_heads() -> None:
     """res4 trunk -> RPN on one map (15 anchors) -> 14x14 aligned RoIAlign -> res5 + extra BN ->
     mean -> box predictor; the mask branch reuses the box branch's res5 (no separate weights)."""
+    from detco_bench.engines.torchvision.models.backbones import C4Trunk
+    from detco_bench.engines.torchvision.models.build import build_model
+    from detco_bench.engines.torchvision.models.c4 import Res5Head
+    from detco_bench.engines.torchvision.models.poolers import D2RoIPooler
+    from detco_bench.engines.torchvision.settings import Settings
     from detco_bench.transfer_config import effective_config
-    from detco_bench.tv_engine.models import C4Trunk, D2RoIPooler, Res5Head, build_model
-    from detco_bench.tv_engine.settings import Settings
 
     cfg = effective_config("coco_c4_12k")
     set_key(cfg, "MODEL.RESNETS.NORM", "BN")
@@ -459,9 +464,9 @@ def test_c4_model_is_detectron2_res5_roi_heads() -> None:
 
 
 def test_backbone_weights_are_loaded_and_trainable(tmp_path: Path) -> None:
+    from detco_bench.engines.torchvision.models.build import build_model
+    from detco_bench.engines.torchvision.settings import Settings
     from detco_bench.transfer_config import effective_config
-    from detco_bench.tv_engine.models import build_model
-    from detco_bench.tv_engine.settings import Settings
 
     torch.manual_seed(1)
     state = {k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc.")}
@@ -535,7 +540,7 @@ def test_mask_rcnn_fpn_learns_synthetic_shapes(tmp_path: Path) -> None:
     26.8) in about 145 s wall; the same model after 2 iterations scores bbox AP50 0.9. Threshold:
     bbox AP50 >= 10 (less than half the measured value, ten times the untrained one).
     """
-    from detco_bench.synthetic_layouts import write_synthetic_dataset
+    from detco_bench.synthetic import write_synthetic_dataset
 
     data = tmp_path / "data"
     write_synthetic_dataset(data, "coco", num_train=32, num_val=16, seed=0, image_size=(128, 128))

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from detco_bench.records import read_record
-from detco_bench.synthetic_layouts import write_synthetic_dataset
+from detco_bench.synthetic import write_synthetic_dataset
 from detco_bench.tasks import TASKS
 from detco_bench.transfer import SlurmSpec, TransferPlan, plan_transfer, read_state, run_transfer
 from detco_bench.transfer_config import effective_config, flatten, load_config_file
@@ -88,7 +88,7 @@ FAMILY_TASKS = [
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from detco_bench.transfer_data import prepare_cityscapes
+    from detco_bench.datasets import prepare_cityscapes
 
     root = tmp_path_factory.mktemp("d2data")
     for layout in ("coco", "voc", "cityscapes"):
@@ -146,7 +146,7 @@ def test_base_defaults_are_detectron2_defaults() -> None:
 
 @pytest.mark.parametrize("task", list(TASKS))
 def test_every_task_config_merges_into_detectron2(task: str, tmp_path: Path) -> None:
-    from detco_bench.engines.detectron2_engine import build_cfg
+    from detco_bench.engines.detectron2.config import build_cfg
 
     plan = plan_transfer(task, None, tmp_path / "o", engine="detectron2", device="cpu", data_root_dir=tmp_path)
     cfg = build_cfg(plan)
@@ -166,7 +166,8 @@ def yaml_of(cfg: Any) -> dict[str, Any]:
 def test_model_components(tmp_path: Path) -> None:
     from detectron2.modeling import build_model
 
-    from detco_bench.engines.detectron2_engine import build_cfg, register_components
+    from detco_bench.engines.detectron2.config import build_cfg
+    from detco_bench.engines.detectron2.heads import register_components
 
     register_components()
     register_components()  # idempotent

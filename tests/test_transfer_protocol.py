@@ -110,3 +110,10 @@ def test_print_config_says_how_it_is_adapted_and_protocol_prints_the_published_o
     cfg = yaml.safe_load(published.output)
     assert cfg["SOLVER"]["IMS_PER_BATCH"] == 16 and cfg["MODEL"]["RESNETS"]["NORM"] == "SyncBN"
     assert cfg["MODEL"]["DEVICE"] == "cuda"
+
+
+def test_scaled_steps_stay_increasing_and_inside_the_run(tmp_path: Path) -> None:
+    plan = _plan(tmp_path / "o", tmp_path / "datasets", device="cpu", opts=["SOLVER.MAX_ITER", "2"])
+    assert plan.config["SOLVER"]["STEPS"] == [1] and plan.config["SOLVER"]["WARMUP_ITERS"] == 0
+    plan = _plan(tmp_path / "o", tmp_path / "datasets", device="cpu", opts=["SOLVER.MAX_ITER", "1"])
+    assert plan.config["SOLVER"]["STEPS"] == []

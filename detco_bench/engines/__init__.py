@@ -2,8 +2,10 @@
 
 An engine is an object with ``name``, ``available() -> str | None`` (None when usable, else why
 not, one line) and ``run(plan) -> Path`` (train + evaluate one `TransferPlan`, write the result
-record, return its path). Engines are imported lazily: importing this package never imports
-detectron2 or an engine module. See docs/transfer.md for the contract an engine implements.
+record, return its path). One folder per engine: `detco_bench.engines.detectron2` and
+`detco_bench.engines.torchvision`, each with an ``engine`` module whose ``run(plan)`` the registry
+calls. Engines are imported lazily: importing this package never imports torch, detectron2 or an
+engine module. See docs/transfer.md for the contract an engine implements.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from detco_bench.errors import UserError
 
 if TYPE_CHECKING:
-    from detco_bench.transfer import TransferPlan
+    from detco_bench.transfer.plan import TransferPlan
 
 ENGINE_NAMES: tuple[str, ...] = ("detectron2", "torchvision")
 ENGINE_CHOICES: tuple[str, ...] = ("auto", *ENGINE_NAMES)
@@ -24,11 +26,14 @@ ENGINE_CHOICES: tuple[str, ...] = ("auto", *ENGINE_NAMES)
 #: Which converted weights each engine loads (the `detco-bench convert` target).
 WEIGHTS_TARGET: dict[str, str] = {"detectron2": "detectron2", "torchvision": "torchvision"}
 
-TORCHVISION_ENGINE_MODULE = "detco_bench.engines.torchvision_engine"
+DETECTRON2_ENGINE_MODULE = "detco_bench.engines.detectron2.engine"
+TORCHVISION_ENGINE_MODULE = "detco_bench.engines.torchvision.engine"
 _TORCHVISION_ENGINE_PRESENT = importlib.util.find_spec(TORCHVISION_ENGINE_MODULE) is not None
 
 
 class Engine(Protocol):
+    """What `detco_bench.transfer` calls: see the module docstring."""
+
     name: str
 
     def available(self) -> str | None: ...
@@ -58,10 +63,11 @@ class _ModuleEngine:
 
 class _Detectron2Engine(_ModuleEngine):
     def __init__(self) -> None:
-        super().__init__("detectron2", "detco_bench.engines.detectron2_engine")
+        super().__init__("detectron2", DETECTRON2_ENGINE_MODULE)
 
     def available(self) -> str | None:
-        from detco_bench.convert import detectron2_import_error
+        # Deferred: both modules import torch / rich, which `import detco_bench.engines` must not.
+        from detco_bench.checkpoints import detectron2_import_error
 
         error = detectron2_import_error()
         if error is None:
@@ -90,6 +96,7 @@ ENGINES: dict[str, Engine] = {"detectron2": _Detectron2Engine(), "torchvision": 
 
 
 def get_engine(name: str) -> Engine:
+    """The engine called `name` (UserError for an unknown name)."""
     engine = ENGINES.get(name)
     if engine is None:
         raise UserError(f"unknown engine {name!r}; choose one of {', '.join(ENGINE_CHOICES)}")

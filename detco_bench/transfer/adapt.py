@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from detco_bench.convert import ARCHS
+from detco_bench.checkpoints import ARCHS
 from detco_bench.datasets import (
     DatasetSpec,
     builtin_dataset,
@@ -279,7 +279,10 @@ def fit_schedule(before_opts: dict[str, Any], cfg: dict[str, Any], opts_keys: se
             changes.set("SOLVER.WARMUP_ITERS", int(round(int(get_key(cfg, "SOLVER.WARMUP_ITERS")) * factor)), why)
         steps = get_key(cfg, "SOLVER.STEPS", None)
         if steps and "SOLVER.STEPS" not in opts_keys:
-            changes.set("SOLVER.STEPS", [max(1, int(round(s * factor))) for s in steps], why)
+            # Steps that collapse onto each other or past the end are dropped: the schedulers of both
+            # engines (fvcore's MultiStepParamScheduler) need increasing steps inside the run.
+            scaled = sorted({int(round(s * factor)) for s in steps} & set(range(1, new)))
+            changes.set("SOLVER.STEPS", scaled, why)
     warmup = int(get_key(cfg, "SOLVER.WARMUP_ITERS"))
     if warmup > new:
         raise UserError(f"SOLVER.WARMUP_ITERS {warmup} > SOLVER.MAX_ITER {new}: the learning rate would never "

@@ -85,6 +85,13 @@ class TransferPlan:
         except AttributeError:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}") from None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Setting an option on the plan sets it on its options (they are the plan's own values).
+        if name in _OPTION_NAMES and name not in _PLAN_NAMES:
+            object.__setattr__(self, "options", dataclasses.replace(self.options, **{name: value}))
+        else:
+            object.__setattr__(self, name, value)
+
     @property
     def task(self) -> str:
         assert self.options.task is not None
@@ -165,6 +172,8 @@ class TransferPlan:
 
 
 _PATH_FIELDS = {f.name for f in dataclasses.fields(TransferOptions) if "Path" in str(f.type)}
+_OPTION_NAMES = {f.name for f in dataclasses.fields(TransferOptions)}
+_PLAN_NAMES = {f.name for f in dataclasses.fields(TransferPlan)}
 
 
 def options_from_dict(data: dict[str, Any]) -> TransferOptions:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from detco_bench.convert import load_backbone, sha256_file
+from detco_bench.checkpoints import load_backbone, sha256_file
 from detco_bench.datasets import builtin_dataset, check_dataset, data_root, synthetic_manifest
 from detco_bench.engines import resolve_engine
 from detco_bench.errors import UserError

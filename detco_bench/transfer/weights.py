@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from detco_bench.convert import convert_checkpoint, failure_summary, report_path_for
+from detco_bench.checkpoints import convert_checkpoint, failure_summary, report_path_for
 from detco_bench.engines import WEIGHTS_TARGET
 from detco_bench.errors import UserError
 

@@ -1,0 +1,117 @@
+"""Checkpoints and resume of the torchvision engine.
+
+``model_<iter:07d>.pth`` every CHECKPOINT_PERIOD iterations and ``model_final.pth``, written
+atomically by rank 0, named in ``last_checkpoint`` (the file detco-bench's transfer state looks
+for). A checkpoint holds the model, optimizer, grad scaler, the number of completed iterations and
+every rank's torch RNG state, so a resumed run continues at exactly the saved iteration with the
+same data order and augmentation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from detco_bench.engines.torchvision.distributed import gather_to_main
+from pretrain.atomic import atomic_torch_save, atomic_write_text
+
+CHECKPOINT_FORMAT = "detco-bench.torchvision-transfer"
+
+
+LAST_CHECKPOINT = "last_checkpoint"
+
+
+FINAL_NAME = "model_final.pth"
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any] | None) -> None:
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (the model itself otherwise)."""
+    return model.module if hasattr(model, "module") else model
+
+
+class Checkpointer:
+    """Periodic and final checkpoints in `out` (rank 0 writes; every rank reads)."""
+
+    def __init__(self, out: str | Path, rank: int = 0, world: int = 1, meta: dict[str, Any] | None = None) -> None:
+        self.out = Path(out)
+        self.rank = rank
+        self.world = world
+        self.meta = dict(meta or {})
+        self._pending_rng: dict[str, Any] | None = None
+
+    def last(self) -> Path | None:
+        """The checkpoint ``last_checkpoint`` names, if it exists."""
+        pointer = self.out / LAST_CHECKPOINT
+        if not pointer.is_file():
+            return None
+        name = pointer.read_text(encoding="utf-8").strip()
+        path = self.out / name
+        return path if name and path.is_file() else None
+
+    def save(
+        self,
+        name: str,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        scaler: Any,
+        iteration: int,
+    ) -> Path | None:
+        """Write checkpoint `name` after `iteration` completed iterations and point ``last_checkpoint`` at
+        it. Every rank must call it (the RNG states are gathered); returns the path on rank 0."""
+        rngs = gather_to_main(_rng_state())
+        if self.rank != 0:
+            return None
+        data = {
+            "format": CHECKPOINT_FORMAT,
+            "iteration": int(iteration),
+            "model": unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": rngs,
+            **self.meta,
+        }
+        path = self.out / name
+        atomic_torch_save(path, data)
+        atomic_write_text(self.out / LAST_CHECKPOINT, name)
+        return path
+
+    def load(
+        self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, scaler: Any
+    ) -> int:
+        """Restore the model, optimizer and scaler from `path`; returns the number of completed
+        iterations. The RNG state is restored by `restore_rng`, called right before the first
+        iteration (building the data loader's iterator draws from the global RNG)."""
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if data.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path}: not a torchvision-engine checkpoint (format {data.get('format')!r})")
+        unwrap(model).load_state_dict(data["model"])
+        if optimizer is not None and data.get("optimizer"):
+            optimizer.load_state_dict(data["optimizer"])
+        if scaler is not None and data.get("scaler"):
+            scaler.load_state_dict(data["scaler"])
+        rngs = data.get("rng") or []
+        self._pending_rng = rngs[self.rank] if self.rank < len(rngs) else None
+        return int(data["iteration"])
+
+    def restore_rng(self) -> None:
+        """Put back the RNG state saved with the checkpoint that `load` read (once)."""
+        _set_rng_state(self._pending_rng)
+        self._pending_rng = None

@@ -1,0 +1,143 @@
+"""The training loop of the torchvision engine, and PreciseBN.
+
+* `train_loop`: AMP (fp16 + GradScaler on CUDA, bf16 on CPU), progress, metrics.jsonl and
+  TensorBoard with every loss term and the lr; stops on a non-finite loss.
+* `precise_bn`: TEST.PRECISE_BN (recompute BN statistics over NUM_ITER training batches).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from detco_bench.engines.torchvision.distributed import mean_over_processes_
+from detco_bench.engines.torchvision.settings import Settings
+from detco_bench.engines.torchvision.train.checkpoint import Checkpointer
+from detco_bench.engines.torchvision.train.metrics_log import MetricsLog
+from detco_bench.engines.torchvision.train.solver import lr_factor, set_lr
+
+LOG_PERIOD = 20
+
+
+#: Called after every training iteration with (completed iterations, loss dict); tests replace it
+#: to interrupt a run.
+after_step: Callable[[int, dict[str, float]], None] | None = None
+
+
+def _reduce(loss_dict: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The loss terms (scalar tensors) as floats, averaged over the processes."""
+    names = sorted(loss_dict)
+    values = mean_over_processes_(torch.stack([loss_dict[k].detach().float() for k in names]))
+    return {k: float(v) for k, v in zip(names, values.tolist(), strict=True)}
+
+
+def _to_device(images: list[torch.Tensor], targets: list[Any], device: torch.device) -> tuple[list, list]:
+    images = [i.to(device, non_blocking=True) for i in images]
+    moved = []
+    for t in targets:
+        if isinstance(t, dict):
+            moved.append({k: v.to(device, non_blocking=True) for k, v in t.items()})
+        else:
+            moved.append(t.to(device, non_blocking=True))
+    return images, moved
+
+
+def amp_settings(enabled: bool, device: torch.device) -> tuple[torch.dtype | None, Any]:
+    """(autocast dtype or None, GradScaler or None): fp16 + loss scaling on CUDA, bf16 on CPU."""
+    if not enabled:
+        return None, None
+    if device.type == "cuda":
+        return torch.float16, torch.amp.GradScaler("cuda")
+    return torch.bfloat16, None
+
+
+def train_loop(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterator[tuple[list[torch.Tensor], list[Any]]],
+    s: Settings,
+    *,
+    start_iter: int,
+    device: torch.device,
+    checkpointer: Checkpointer,
+    log: MetricsLog,
+    amp_dtype: torch.dtype | None = None,
+    scaler: Any = None,
+    progress: Any = None,
+    logger: Callable[[str], None] = print,
+) -> None:
+    """Train from `start_iter` to SOLVER.MAX_ITER (exclusive end), checkpointing on the way."""
+    max_iter = s.int("SOLVER.MAX_ITER")
+    base_lr = s.float("SOLVER.BASE_LR")
+    period = s.int("SOLVER.CHECKPOINT_PERIOD")
+    model.train()
+    t_last = time.perf_counter()
+    for it in range(start_iter, max_iter):
+        lr = set_lr(optimizer, base_lr, lr_factor(it, s))
+        t0 = time.perf_counter()
+        images, targets = next(batches)
+        images, targets = _to_device(images, targets, device)
+        data_time = time.perf_counter() - t0
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss_dict = model(images, targets)
+        losses = sum(loss_dict.values())
+        if not torch.isfinite(losses).all():
+            raise FloatingPointError(
+                f"loss became infinite or NaN at iteration {it}: "
+                + ", ".join(f"{k}={float(v):.4g}" for k, v in loss_dict.items())
+            )
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(losses).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            losses.backward()
+            optimizer.step()
+        done = it + 1
+        values = _reduce(loss_dict)
+        values["total_loss"] = sum(values.values())
+        now = time.perf_counter()
+        if done % LOG_PERIOD == 0 or done == max_iter or it == start_iter:
+            log.write(done, {**values, "lr": lr, "time": now - t_last, "data_time": data_time})
+            logger(
+                f"iter {done}/{max_iter}  loss {values['total_loss']:.4f}  "
+                + "  ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "total_loss")
+                + f"  lr {lr:.6g}"
+            )
+        t_last = now
+        if progress is not None:
+            progress(done, values["total_loss"], lr)
+        if period > 0 and done % period == 0 and done < max_iter:
+            checkpointer.save(f"model_{it:07d}.pth", model, optimizer, scaler, done)
+        if after_step is not None:
+            after_step(done, values)
+
+
+@torch.no_grad()
+def precise_bn(model: nn.Module, batches: Iterator[tuple[list, list]], num_iter: int, device: torch.device) -> int:
+    """Recompute the running statistics of every BatchNorm as the plain average of the batch
+    statistics over `num_iter` training batches (fvcore's update_bn_stats, which Detectron2's
+    PreciseBN hook uses); averaged over processes afterwards. Returns the number of BN layers."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns or num_iter <= 0:
+        return 0
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average = plain mean of the batch statistics
+    model.train()
+    for _ in range(num_iter):
+        images, targets = next(batches)
+        images, targets = _to_device(images, targets, device)
+        model(images, targets)
+    for m, mom in zip(bns, momenta, strict=True):
+        m.momentum = mom
+    for m in bns:
+        mean_over_processes_(m.running_mean)
+        mean_over_processes_(m.running_var)
+    return len(bns)
