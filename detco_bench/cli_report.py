@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -32,6 +33,13 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         k: float = typer.Option(2.0, "--k", help="Tolerance: fail below reference - k x spread."),
         provenance: bool = typer.Option(
             False, "--provenance", help="Add provenance columns (versions, commit, hashes, device...)."),
+        allow_adapted: bool = typer.Option(
+            False, "--allow-adapted",
+            help="--check --reference paper: compare runs adapted from the published protocol too "
+            "(by default they are 'not comparable')."),
+        allow_empty: bool = typer.Option(
+            False, "--allow-empty",
+            help="--check: succeed when no metric could be compared (by default that fails)."),
     ) -> None:
         """Aggregate result records into the paper's tables next to the published numbers."""
         from rich.console import Console
@@ -61,7 +69,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         err = Console(stderr=True, highlight=False, soft_wrap=True)
         if not paths and not scan[0].exists():
             err.print(f"[yellow]warning:[/] the results store {scan[0]} does not exist yet (no records)")
-        result = rep.build_report(scan, reference=reference, check=check, k=k, provenance=provenance)
+        result = rep.build_report(scan, reference=reference, check=check, k=k, provenance=provenance,
+                                  allow_adapted=allow_adapted)
         if result.skipped:
             err.print(f"[yellow]warning:[/] skipped {len(result.skipped)} record file(s):")
             for path, reason in result.skipped:
@@ -78,14 +87,21 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             if "terminal" not in fmts:  # the terminal tables already show it
                 fails = result.check.table[result.check.table.status == rep.STATUS_FAIL]
                 for row in fails.itertuples(index=False):
-                    err.print(f"FAIL {row.task} {row.checkpoint} ({row.engine}) {row.metric}: "
-                              f"{row.mean:.2f} < {row.threshold:.2f} "
-                              f"= {row.reference:g} - {k:g} x {row.spread:g}", markup=False)
+                    why = row.note if math.isnan(row.mean) else (
+                        f"{row.mean:.2f} < {row.threshold:.2f} = {row.reference:g} - {k:g} x {row.spread:g}")
+                    err.print(f"FAIL {row.task} {row.checkpoint} ({row.engine}) {row.metric}: {why}", markup=False)
                 out_console.print(result.check.summary_line(), markup=False, soft_wrap=True)
             if result.check.compared == 0:
-                err.print("[bold yellow]warning: no reference metrics to compare[/] "
-                          f"(reference '{result.reference_name}': {len(result.reference)} row(s)); "
-                          "--check passes vacuously")
+                why = (f"reference '{result.reference_name}': {len(result.reference)} row(s); "
+                       f"{len(result.groups)} group(s); "
+                       + ", ".join(f"{result.check.count(s)} {s}" for s in rep.UNCOMPARED_STATUSES))
+                if not allow_empty:
+                    # A check that compares nothing proves nothing: CI must not pass on it.
+                    err.print(f"error: --check compared no metric ({why}); pass --allow-empty to accept that",
+                              markup=False, soft_wrap=True)
+                    raise typer.Exit(1)
+                err.print(f"warning: no reference metrics to compare ({why}); --check passes vacuously "
+                          "(--allow-empty)", markup=False, soft_wrap=True)
             if result.check.failed:
                 err.print(f"[bold red]check failed:[/] {result.check.count(rep.STATUS_FAIL)} metric(s) "
                           f"below reference - {k:g} x spread")

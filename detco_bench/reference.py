@@ -29,7 +29,8 @@ REFERENCE_COLUMNS = ["method", "pretrain_epochs", "task", "schedule", "engine", 
                      "spread", "source"]
 REQUIRED_COLUMNS = ["method", "task", "engine", "metric", "value"]
 KEY_COLUMNS = ["method", "pretrain_epochs", "task", "engine", "metric"]
-BUILTIN_REFERENCES = ("paper", "smoke")
+PAPER_REFERENCE = "paper"  # the published protocol's numbers (adapted runs are not compared with them)
+BUILTIN_REFERENCES = (PAPER_REFERENCE, "smoke")
 REFERENCE_DIR_ENV = "DETCO_BENCH_REFERENCE_DIR"
 
 # The MoCo protocol's measured VOC07+12 spread (std over 5 trials): AP, AP50, AP75.
@@ -74,7 +75,8 @@ def reference_dir() -> Path:
 
 
 def resolve_reference(name_or_path: str | os.PathLike) -> tuple[str, Path]:
-    """("paper" | "smoke" | the file's stem, path). Raises UserError for an unknown name."""
+    """("paper" | "smoke" | the file's stem, path). Raises UserError for an unknown name. (A file
+    called paper.csv elsewhere is named "paper" too: `load_reference` marks the built-ins.)"""
     text = os.fspath(name_or_path)
     if text in BUILTIN_REFERENCES:
         path = reference_dir() / f"{text}.csv"
@@ -95,7 +97,8 @@ def empty_reference() -> pd.DataFrame:
 
 def load_reference(name_or_path: str | os.PathLike) -> pd.DataFrame:
     """Load and validate a reference CSV. Empty spreads are filled with default_spread();
-    `pretrain_epochs` becomes a nullable Int64 column. Raises UserError for a malformed file."""
+    `pretrain_epochs` becomes a nullable Int64 column. Raises UserError for a malformed file.
+    attrs: name, path, and builtin (the built-in's name, else None)."""
     name, path = resolve_reference(name_or_path)
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, comment=None)
@@ -146,4 +149,5 @@ def load_reference(name_or_path: str | os.PathLike) -> pd.DataFrame:
         )
     df.attrs["name"] = name
     df.attrs["path"] = str(path)
+    df.attrs["builtin"] = name if os.fspath(name_or_path) in BUILTIN_REFERENCES else None
     return df.reset_index(drop=True)

@@ -199,3 +199,40 @@ def test_checkpoint_from_file(tmp_path: Path) -> None:
     assert ck.sha256 == hashlib.sha256(b"weights").hexdigest()
     assert ck.identity == ck.sha256
     assert CheckpointInfo(None, None, "random").identity == "random:"
+
+
+def test_notes_and_nan_metrics_roundtrip(tmp_path: Path) -> None:
+    import math
+
+    from detco_bench.records import complete_metrics
+
+    metrics, notes = complete_metrics({"bbox/AP": float("nan"), "bbox/AP50": 12.5}, ["bbox/AP", "bbox/AP50", "segm/AP"])
+    assert math.isnan(metrics["bbox/AP"]) and math.isnan(metrics["segm/AP"]) and metrics["bbox/AP50"] == 12.5
+    assert notes == ["segm/AP: not returned by the evaluator (no predictions?); recorded as NaN",
+                     "bbox/AP: the evaluator returned NaN (no predictions?)"]
+    r = make(metrics=metrics, notes=notes)
+    path = write_record(tmp_path, r)
+    assert "NaN" in path.read_text()  # JSON NaN: the number is kept, not dropped
+    back = read_record(path)
+    assert back.notes == notes and math.isnan(back.metrics["segm/AP"]) and back.status == "success"
+    # no notes: the field is absent, the file reads as a version-1 record without it
+    plain = make()
+    assert "notes" not in plain.to_dict() and read_record(write_record(tmp_path, plain)).notes == []
+
+
+@pytest.mark.parametrize(("notes", "reason"), [("oops", "'notes' must be a list of strings"),
+                                               (["ok", 3], "'notes[1]' must be string")])
+def test_bad_notes_are_rejected(tmp_path: Path, notes: object, reason: str) -> None:
+    path = _bad(tmp_path, "notes", lambda d: d.update(notes=notes))
+    with pytest.raises(RecordError, match=re.escape(reason)):
+        read_record(path)
+
+
+def test_settings_hash_and_rerun_order() -> None:
+    a = make(config={"lr": 0.02, "SEED": 1, "OUTPUT_DIR": "/a"}, seed=1)
+    b = make(config={"lr": 0.02, "SEED": 2, "OUTPUT_DIR": "/b"}, seed=2)
+    assert a.config_hash != b.config_hash and a.settings_hash == b.settings_hash
+    assert a.protocol is None
+    early = make(provenance={**PROV, "finished_at": "2025-01-01T05:00:00+05:00"})  # 00:00 UTC
+    late = make(provenance={**PROV, "finished_at": "2025-01-01T00:30:00+00:00"})
+    assert early.finished_sort_key < late.finished_sort_key

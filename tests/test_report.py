@@ -54,12 +54,16 @@ def fixture_records() -> list[ResultRecord]:
     ]
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Path:
-    folder = tmp_path / "runs"
+def write_fixture_store(folder: Path) -> Path:
+    """`fixture_records` written into `folder` (the store of this module's tests and others')."""
     for r in fixture_records():
         write_record(folder, r)
     return folder
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return write_fixture_store(tmp_path / "runs")
 
 
 # --------------------------------------------------------------------------- reference file
@@ -351,7 +355,8 @@ def test_cli_check_exit_codes(store: Path, tmp_path: Path) -> None:
     # much worse numbers from another engine are "not comparable", never a failure
     tv = tmp_path / "tv"
     write_record(tv, record("detco", "coco_fpn_1x", {"bbox/AP": 1.0}, engine="torchvision"))
-    res = runner.invoke(app, ["report", str(tv), "--check", "-f", "csv", "--out", str(out)])
+    # (nothing compared fails unless --allow-empty: see test_report_significance.py)
+    res = runner.invoke(app, ["report", str(tv), "--check", "--allow-empty", "-f", "csv", "--out", str(out)])
     assert res.exit_code == 0 and "not comparable" in pd.read_csv(out / "check.csv").status.tolist()
     assert "no reference metrics to compare" in res.stderr
 
@@ -366,8 +371,8 @@ def test_cli_check_reference_file_and_smoke(store: Path, tmp_path: Path) -> None
     res = runner.invoke(app, ["report", str(store), "--check", "--reference", str(ref), "--k", "5",
                               "-f", "csv", "--out", str(tmp_path / "o")])
     assert res.exit_code == 0
-    res = runner.invoke(app, ["report", str(store), "--check", "--reference", "smoke", "-f", "csv",
-                              "--out", str(tmp_path / "o")])
+    res = runner.invoke(app, ["report", str(store), "--check", "--reference", "smoke", "--allow-empty", "-f",
+                              "csv", "--out", str(tmp_path / "o")])
     assert res.exit_code == 0
     # The fixture records are not smoke-suite tasks: nothing to compare, which --check says loudly.
     assert "warning: no reference metrics to compare (reference 'smoke':" in res.stderr
@@ -425,7 +430,7 @@ def test_malformed_records_are_skipped_with_a_warning(store: Path, tmp_path: Pat
 
 
 def test_empty_store(tmp_path: Path) -> None:
-    res = runner.invoke(app, ["report", str(tmp_path), "--check", "-f", "terminal,md", "--out",
+    res = runner.invoke(app, ["report", str(tmp_path), "--check", "--allow-empty", "-f", "terminal,md", "--out",
                               str(tmp_path / "o")])
     assert res.exit_code == 0
     assert "no successful result records" in res.stderr
@@ -446,7 +451,7 @@ def test_all_outputs(store: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["report", str(store), "--out", str(out), "--check", "--provenance"])
     assert res.exit_code == 0, res.output
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert names == ["check.csv", "plots/deltas_vs_supervised.png", "plots/training_curves.png",
+    assert names == ["check.csv", "deltas.csv", "plots/deltas_vs_supervised.png", "plots/training_curves.png",
                      "report.html", "report.md", "report.tex", "runs.csv", "summary.csv"]
     for name in names:
         assert f"wrote {out / name}" in res.stdout

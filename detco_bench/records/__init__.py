@@ -22,19 +22,27 @@ Schema (version 1)::
                      "started_at": ISO-8601 str, "finished_at": ISO-8601 str|null},
       "status": "success" | "failed" | "running",
       "error": str|null,
-      "artifacts": {name: str|null}       # optional: {"metrics_log": ..., "output_dir": ...};
-    }                                     # relative paths are relative to the record's folder
+      "artifacts": {name: str|null},      # optional: {"metrics_log": ..., "output_dir": ...};
+                                          # relative paths are relative to the record's folder
+      "notes": [str]                      # optional: remarks on the numbers ("bbox/AP: the
+    }                                     # evaluator returned NaN (no predictions?)")
+
+A success record carries every metric key of its task; where the evaluator has no number the
+value is NaN (JSON ``NaN``) and a note says so (`complete_metrics`).
 
 Unknown extra keys are ignored on read (additions that old readers may skip do not need a new
 version); anything that changes the meaning of an existing field bumps ``schema_version``.
 
 Modules: `schema` (constants, `RecordError`, validation), `identity` (run ids, config and file
 hashes), `provenance` (the provenance block), `record` (`ResultRecord`, `CheckpointInfo`) and
-`store` (the results store: write, read, scan). Every public name is re-exported here, so
+`store` (the results store: write, read, scan), `settings` (the settings hash that groups the
+seeds of one measurement, the protocol fidelity of a transfer run) and `metrics` (complete metric
+sets with NaN notes). Every public name is re-exported here, so
 ``from detco_bench.records import X`` is the one import callers need.
 """
 
 from detco_bench.records.identity import canonical_config, config_hash, new_run_id, sha256_file
+from detco_bench.records.metrics import complete_metrics
 from detco_bench.records.provenance import collect_provenance
 from detco_bench.records.record import CheckpointInfo, ResultRecord
 from detco_bench.records.schema import (
@@ -46,6 +54,7 @@ from detco_bench.records.schema import (
     RecordExistsError,
     validate_record_dict,
 )
+from detco_bench.records.settings import protocol_of, settings_config, settings_hash
 from detco_bench.records.store import (
     DEFAULT_RESULTS_DIR,
     RECORD_SUFFIX,
@@ -72,13 +81,17 @@ __all__ = [
     "ResultRecord",
     "canonical_config",
     "collect_provenance",
+    "complete_metrics",
     "config_hash",
     "default_results_dir",
     "iter_record_files",
     "new_run_id",
+    "protocol_of",
     "read_record",
     "record_filename",
     "scan_records",
+    "settings_config",
+    "settings_hash",
     "sha256_file",
     "validate_record_dict",
     "write_record",

@@ -33,15 +33,15 @@ def canonical_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(config, default=_json_default, allow_nan=True))
 
 
-def _canonical_json(config: Mapping[str, Any]) -> str:
-    return json.dumps(
-        canonical_config(config), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
+def canonical_json(config: Mapping[str, Any]) -> str:
+    """The JSON text `config_hash` hashes: sorted keys, compact separators. `config` must be
+    canonical already (`canonical_config`): plain JSON types."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
     """sha256 (hex) of the canonical JSON of `config` (sorted keys, compact separators)."""
-    return hashlib.sha256(_canonical_json(config).encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical_json(canonical_config(config)).encode("utf-8")).hexdigest()
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

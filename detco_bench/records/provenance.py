@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 
-def _utc_iso(value: datetime | float | int | str | None) -> str:
+def utc_iso(value: datetime | float | int | str | None) -> str:
+    """A timestamp (datetime, epoch seconds or ISO string; None = now) as ISO-8601 UTC seconds."""
     if value is None:
         value = datetime.now(timezone.utc)
     if isinstance(value, str):
@@ -72,7 +73,7 @@ def collect_provenance(
         "device": str(device),
         "hostname": socket.gethostname(),
         "wall_clock_s": float(wall_clock_s),
-        "started_at": _utc_iso(started_at),
-        "finished_at": _utc_iso(finished_at),
+        "started_at": utc_iso(started_at),
+        "finished_at": utc_iso(finished_at),
     }
 

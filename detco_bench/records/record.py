@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from detco_bench.records.identity import canonical_config, config_hash, new_run_id, sha256_file
+from detco_bench.records.provenance import utc_iso
 from detco_bench.records.schema import SCHEMA, SCHEMA_VERSION, RecordError, validate_record_dict
+from detco_bench.records.settings import protocol_of, settings_hash
 
 
 @dataclass
@@ -45,6 +47,8 @@ class ResultRecord:
     status: str = "success"
     error: str | None = None
     artifacts: dict[str, str | None] | None = None
+    # Remarks on the numbers (why a metric is NaN...); optional in the file, [] when absent.
+    notes: list[str] = field(default_factory=list)
     # Where the record was read from (not serialised).
     source: Path | None = field(default=None, compare=False, repr=False)
 
@@ -67,6 +71,7 @@ class ResultRecord:
         error: str | None = None,
         artifacts: Mapping[str, str | None] | None = None,
         run_id: str | None = None,
+        notes: Iterable[str] = (),
     ) -> ResultRecord:
         """Build a record, filling in run_id and config_hash (and validating it)."""
         cfg = canonical_config(config)
@@ -76,6 +81,7 @@ class ResultRecord:
             checkpoint=checkpoint if isinstance(checkpoint, CheckpointInfo) else CheckpointInfo(**checkpoint),
             seed=seed, config=cfg, config_hash=config_hash(cfg), provenance=copy.deepcopy(dict(provenance)),
             status=status, error=error, artifacts=dict(artifacts) if artifacts is not None else None,
+            notes=[str(n) for n in notes],
         )
         validate_record_dict(record.to_dict())
         return record
@@ -104,6 +110,8 @@ class ResultRecord:
         }
         if self.artifacts is not None:
             d["artifacts"] = dict(self.artifacts)
+        if self.notes:  # absent rather than [], so records without notes read as before
+            d["notes"] = list(self.notes)
         return d
 
     @classmethod
@@ -120,8 +128,32 @@ class ResultRecord:
             checkpoint=CheckpointInfo(ck["path"], ck["sha256"], ck["method"], ck["pretrain_epochs"]),
             seed=data["seed"], config=data["config"], config_hash=data["config_hash"],
             provenance=data["provenance"], status=data["status"], error=data["error"],
-            artifacts=data.get("artifacts"), source=Path(source) if source is not None else None,
+            artifacts=data.get("artifacts"), notes=list(data.get("notes") or []),
+            source=Path(source) if source is not None else None,
         )
+
+    @property
+    def settings_hash(self) -> str:
+        """The hash of the config without seed, folders and paths (`records.settings`): equal
+        for the seeds of one measurement."""
+        return settings_hash(self.config)
+
+    @property
+    def protocol(self) -> dict[str, Any] | None:
+        """The transfer run's protocol fidelity (``exact`` / ``adapted`` and its differences), or
+        None when the record does not say (older records, linear probes)."""
+        return protocol_of(self.config)
+
+    @property
+    def finished_sort_key(self) -> tuple[str, str]:
+        """Orders reruns: the latest finished (else started) run last; run ids break ties."""
+        p = self.provenance
+        stamp = p.get("finished_at") or p.get("started_at")
+        try:
+            when = utc_iso(stamp) if stamp else ""
+        except (TypeError, ValueError):
+            when = ""
+        return (when, self.run_id)
 
     def artifact_path(self, name: str) -> Path | None:
         """An artifact path, relative ones resolved against the record's folder."""

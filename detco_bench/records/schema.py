@@ -135,6 +135,13 @@ def validate_record_dict(data: Any) -> None:
         raise RecordError(None, f"field 'status' must be one of {', '.join(STATUSES)}, got {status!r}")
     _expect(_get(data, "error", ""), (str,), "error", nullable=True)
 
+    notes = data.get("notes")
+    if notes is not None:
+        if not isinstance(notes, list):
+            raise RecordError(None, f"field 'notes' must be a list of strings, got {_type_name(notes)}")
+        for i, note in enumerate(notes):
+            _expect(note, (str,), f"notes[{i}]")
+
     artifacts = data.get("artifacts")
     if artifacts is not None:
         _expect(artifacts, (dict,), "artifacts")

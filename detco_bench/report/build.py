@@ -1,4 +1,5 @@
-"""The `Report` every renderer reads, and `build_report`: scan -> aggregate -> tables -> check."""
+"""The `Report` every renderer reads, and `build_report`: scan -> group -> aggregate -> deltas ->
+tables -> check -> flags."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from detco_bench.records import ResultRecord, default_results_dir, scan_records
-from detco_bench.reference import empty_reference, load_reference
+from detco_bench.reference import PAPER_REFERENCE, empty_reference, load_reference
 from detco_bench.report.aggregate import (
     Group,
     aggregate,
@@ -20,13 +22,22 @@ from detco_bench.report.aggregate import (
     runs_frame,
 )
 from detco_bench.report.check import CheckResult, run_check
+from detco_bench.report.deltas import HarnessDelta, harness_deltas
+from detco_bench.report.flags import FLAG_COLUMNS, flags_frame
+from detco_bench.report.grouping import Grouping, group_records
+from detco_bench.report.match import reference_entries
 from detco_bench.report.tables import ReportTable, build_tables
 
 
 @dataclass
 class Report:
     """Everything a report shows: the records (aggregated, excluded as not successful, skipped as
-    unreadable), the aggregated frames and groups, the reference, the tables and the check."""
+    unreadable), the aggregated frames and groups, the reference, the tables and the check.
+
+    deltas: every group vs every measured baseline (`deltas.harness_deltas`); flags: reruns
+    ignored, NaN metrics, record notes (`flags.flags_frame`); protocols: group key -> the
+    protocol fidelity its records carry (None: unknown); grouping: which record is in which
+    group, and which reruns were replaced."""
 
     records: list[ResultRecord]
     excluded: list[ResultRecord]
@@ -40,6 +51,10 @@ class Report:
     check: CheckResult | None = None
     provenance: pd.DataFrame | None = None
     paths: list[Path] = field(default_factory=list)
+    deltas: list[HarnessDelta] = field(default_factory=list)
+    flags: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FLAG_COLUMNS))
+    protocols: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    grouping: Grouping = field(default_factory=Grouping)
 
 
 def build_report(
@@ -49,9 +64,11 @@ def build_report(
     check: bool = False,
     k: float = 2.0,
     provenance: bool = False,
+    allow_adapted: bool = False,
 ) -> Report:
     """Scan, validate, aggregate, tabulate and (optionally) check. Never raises for bad records;
-    raises UserError for a bad reference."""
+    raises UserError for a bad reference. Against the built-in paper reference, runs adapted
+    from the published protocol are 'not comparable' unless `allow_adapted`."""
     paths = list(paths) if paths is not None else [default_results_dir()]
     all_records, skipped = scan_records(paths)
     records = [r for r in all_records if r.status == "success"]
@@ -61,14 +78,24 @@ def build_report(
     else:
         ref_df = load_reference(reference)
         ref_name = ref_df.attrs.get("name", str(reference))
-    runs = runs_frame(records)
+    grouping = group_records(records)
+    runs = runs_frame(records, grouping)
     summary = aggregate(runs)
     prov = None
     if provenance:
-        prov = provenance_frame(records)
+        prov = provenance_frame(records, grouping)
         summary = summary.merge(aggregate_provenance(prov), on="group", how="left")
-    groups = groups_from_summary(summary)
-    tables = build_tables(groups, ref_df, ref_name)
-    result = run_check(groups, ref_df, k, ref_name) if check else None
+    groups = groups_from_summary(summary, runs)
+    deltas = harness_deltas(groups, reference_entries(ref_df))
+    tables = build_tables(groups, ref_df, ref_name, deltas)
+    # Only the paper's numbers are the published protocol; smoke references were measured with
+    # adapted runs and a user's file says what it holds.
+    exclude_adapted = ref_df.attrs.get("builtin") == PAPER_REFERENCE and not allow_adapted
+    result = run_check(groups, ref_df, k, ref_name, exclude_adapted) if check else None
+    protocols: dict[str, dict[str, Any] | None] = {}
+    for r in records:
+        if r.run_id not in grouping.superseded:
+            protocols.setdefault(grouping.key[r.run_id], r.protocol)
     return Report(records, excluded, skipped, runs, summary, groups, ref_df, ref_name, tables, result,
-                  prov, [Path(p) for p in paths])
+                  prov, [Path(p) for p in paths], deltas, flags_frame(groups, records, grouping), protocols,
+                  grouping)

@@ -1,7 +1,10 @@
 """``--check``: measured mean >= reference - k * spread, per group and metric.
 
-Each group (checkpoint x task x engine) is checked on its own. Only a reference row of the same
-engine is a comparison; other engines are "not comparable" (neither pass nor fail).
+Each group (checkpoint x task x engine x settings) is checked on its own. Only a reference row of
+the same engine is a comparison; other engines are "not comparable" (neither pass nor fail), and
+so are runs adapted from the published protocol when the reference is the paper's (they did not
+run the experiment the paper reports) unless they are explicitly allowed. A NaN metric (no
+predictions) fails.
 """
 
 from __future__ import annotations
@@ -13,14 +16,17 @@ from dataclasses import dataclass
 import pandas as pd
 
 from detco_bench.report.aggregate import Group
+from detco_bench.report.grouping import PROTOCOL_ADAPTED
 from detco_bench.report.match import match_reference, reference_entries
 from detco_bench.report.taxonomy import metric_sort_key
 
-CHECK_COLUMNS = ["task", "checkpoint", "method", "pretrain_epochs", "engine", "metric", "n", "mean", "std",
-                 "reference", "spread", "threshold", "delta", "status", "note"]
+CHECK_COLUMNS = ["task", "checkpoint", "method", "pretrain_epochs", "engine", "protocol", "metric", "n", "mean",
+                 "std", "reference", "spread", "threshold", "delta", "status", "note"]
+ADAPTED_NOTE = "adapted from the published protocol (--allow-adapted compares it)"
 STATUS_PASS, STATUS_FAIL = "pass", "FAIL"
 STATUS_NOT_COMPARABLE, STATUS_AMBIGUOUS, STATUS_MISSING = "not comparable", "ambiguous", "missing"
 STATUSES = (STATUS_PASS, STATUS_FAIL, STATUS_NOT_COMPARABLE, STATUS_AMBIGUOUS, STATUS_MISSING)
+UNCOMPARED_STATUSES = (STATUS_NOT_COMPARABLE, STATUS_AMBIGUOUS, STATUS_MISSING)  # neither pass nor fail
 
 
 @dataclass
@@ -48,13 +54,14 @@ class CheckResult:
 
 
 def run_check(groups: Sequence[Group], reference: pd.DataFrame, k: float = 2.0,
-              reference_name: str = "paper") -> CheckResult:
+              reference_name: str = "paper", exclude_adapted: bool = False) -> CheckResult:
     """Compare every measured metric that has a reference: pass iff mean >= value - k * spread.
 
     Groups whose engine differs from every matching reference row are 'not comparable' (neither
-    pass nor fail). Reference metrics the group did not measure are listed as 'missing' (not a
-    failure). A checkpoint without pretrain_epochs against several reference epochs is
-    'ambiguous'."""
+    pass nor fail); so are groups whose protocol is 'adapted' when `exclude_adapted` (the paper's
+    reference, without --allow-adapted). Reference metrics the group did not measure are listed
+    as 'missing' (not a failure); a NaN mean (a seed without predictions) is a FAIL. A checkpoint
+    without pretrain_epochs against several reference epochs is 'ambiguous'."""
     refs = reference_entries(reference)
     rows = []
     for g in groups:
@@ -62,7 +69,7 @@ def run_check(groups: Sequence[Group], reference: pd.DataFrame, k: float = 2.0,
         if not candidates:
             continue
         base = {"task": g.task, "checkpoint": g.label, "method": g.method, "pretrain_epochs": g.epochs,
-                "engine": g.engine}
+                "engine": g.engine, "protocol": g.protocol}
         same_engine = [e for e in candidates if e.engine == g.engine]
         if not same_engine:
             engines = ", ".join(sorted({e.engine for e in candidates}))
@@ -87,6 +94,13 @@ def run_check(groups: Sequence[Group], reference: pd.DataFrame, k: float = 2.0,
         # Several rows for the same engine only differ by epochs when the record has epochs and
         # the reference has an epoch-less row too: the exact epochs win.
         entry = sorted(entries, key=lambda e: e.epochs is None)[0]
+        if exclude_adapted and g.protocol == PROTOCOL_ADAPTED:
+            for metric in sorted(set(entry.values) & set(g.mean), key=metric_sort_key):
+                rows.append({**base, "metric": metric, "n": g.count[metric], "mean": g.mean[metric],
+                             "std": g.std[metric], "reference": entry.values[metric],
+                             "spread": entry.spreads[metric], "status": STATUS_NOT_COMPARABLE,
+                             "note": ADAPTED_NOTE})
+            continue
         for metric in sorted(set(entry.values) | set(g.mean), key=metric_sort_key):
             if metric not in entry.values:
                 continue
@@ -94,11 +108,17 @@ def run_check(groups: Sequence[Group], reference: pd.DataFrame, k: float = 2.0,
             threshold = ref_value - k * spread
             row = {**base, "metric": metric, "reference": ref_value, "spread": spread,
                    "threshold": threshold}
-            if metric not in g.mean or math.isnan(g.mean[metric]):
+            if metric not in g.mean:
                 rows.append({**row, "n": 0, "status": STATUS_MISSING,
                              "note": "reference metric not in the records"})
                 continue
             mean = g.mean[metric]
+            if math.isnan(mean):
+                nan = g.nan.get(metric, 0)
+                rows.append({**row, "n": g.count[metric], "mean": mean, "std": g.std[metric],
+                             "status": STATUS_FAIL,
+                             "note": f"NaN in {nan} of {g.count[metric]} seed(s) (no predictions?)"})
+                continue
             ok = mean >= threshold - 1e-6
             rows.append({**row, "n": g.count[metric], "mean": mean, "std": g.std[metric],
                          "delta": mean - ref_value, "status": STATUS_PASS if ok else STATUS_FAIL,

@@ -34,13 +34,15 @@ def find_metrics_log(record: ResultRecord) -> Path | None:
 
 
 def read_metrics_log(path: Path) -> dict[str, list[tuple[float, float]]]:
-    """loss name -> [(step, value)]; lines need 'step' (or detectron2's 'iteration') and numeric
-    'loss*' / 'total_loss' fields. Malformed lines are skipped."""
-    curves: dict[str, list[tuple[float, float]]] = {}
+    """loss name -> [(step, value)] in step order, one value per step; lines need 'step' (or
+    detectron2's 'iteration') and numeric 'loss*' / 'total_loss' fields. Malformed lines are
+    skipped. A resumed run appends to its log from its last checkpoint, so steps repeat: the
+    later line (the run that went on) wins."""
+    curves: dict[str, dict[float, float]] = {}
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
-        return curves
+        return {}
     for line in lines:
         try:
             obj = json.loads(line)
@@ -54,5 +56,5 @@ def read_metrics_log(path: Path) -> dict[str, list[tuple[float, float]]]:
         for key, value in obj.items():
             if (key.startswith("loss") or key == "total_loss") and isinstance(value, (int, float)) \
                     and not isinstance(value, bool) and math.isfinite(value):
-                curves.setdefault(key, []).append((float(step), float(value)))
-    return curves
+                curves.setdefault(key, {})[float(step)] = float(value)
+    return {key: sorted(points.items()) for key, points in curves.items()}

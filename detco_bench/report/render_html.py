@@ -12,12 +12,20 @@ from detco_bench.report.build import Report
 from detco_bench.report.check import STATUS_FAIL, STATUS_PASS
 from detco_bench.report.display import (
     CHECK_NUMBER_COLUMNS,
+    DELTA_NUMBER_COLUMNS,
+    DELTAS_INTRO,
+    DELTAS_TITLE,
+    FLAGS_TITLE,
+    PROTOCOL_INTRO,
+    PROTOCOL_TITLE,
     check_display_frame,
+    deltas_display_frame,
     excluded_frame,
+    protocol_display_frame,
     provenance_display_frame,
     skipped_frame,
 )
-from detco_bench.report.tables import HIGHLIGHT_DELTA, ReportTable, delta_direction, format_cell, row_label
+from detco_bench.report.tables import HIGHLIGHT_DELTA, NOISE, ReportTable, delta_class, format_cell, row_label
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em;color:#222}
@@ -27,6 +35,7 @@ th,td{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:left}
 th{border-bottom:2px solid #444}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.reference td{color:#555;font-style:italic}tr.delta td{font-size:.9em}
 .up{color:#1e7d32;font-weight:600}.down{color:#c0392b;font-weight:600}.flat{color:#888}
+.noise{color:#888;font-style:italic}.noise::after{content:"~"}
 .pass{color:#1e7d32;font-weight:600}.FAIL{color:#c0392b;font-weight:700}
 .nc{color:#b07d00}.note{color:#666}img{max-width:100%;border:1px solid #eee;margin:.5em 0}
 """
@@ -51,15 +60,18 @@ def _html_frame(df: pd.DataFrame, right: Sequence[str] = (), status_col: str | N
 
 def _report_table(table: ReportTable) -> str:
     esc = html.escape
-    head = ["task", "row", "engine", "n", *table.metrics]
+    head = [*table.columns, *table.metrics]
     lines = ["<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>"]
     for row in table.rows:
         cells = [f"<td>{esc(row.task)}</td>", f"<td>{esc(row_label(row))}</td>",
-                 f"<td>{esc(row.engine)}</td>",
-                 f'<td class="num">{"" if row.n is None else row.n}</td>']
+                 f"<td>{esc(row.engine)}</td>"]
+        if table.show_protocol:
+            cells.append(f"<td>{esc(row.protocol or '')}</td>")
+        cells.append(f'<td class="num">{"" if row.n is None else row.n}</td>')
         for m in table.metrics:
-            cls = "num" + (f" {delta_direction(row.values.get(m))}" if row.kind == "delta" else "")
-            cells.append(f'<td class="{cls}">{esc(format_cell(row, m))}</td>')
+            cls = "num" + (f" {delta_class(row, m)}" if row.kind == "delta" else "")
+            title = ' title="within noise: the 95% CI contains 0"' if cls.endswith(NOISE) else ""
+            cells.append(f'<td class="{cls}"{title}>{esc(format_cell(row, m))}</td>')
         lines.append(f'<tr class="{row.kind}">' + "".join(cells) + "</tr>")
     lines.append("</tbody></table>")
     return "\n".join(lines)
@@ -76,6 +88,14 @@ def render_html(report: Report, plots: dict[str, bytes] | None = None) -> str:
     for table in report.tables:
         body.append(f"<h2>{esc(table.title)}</h2>")
         body.append(_report_table(table))
+    if report.deltas:
+        body += [f"<h2>{esc(DELTAS_TITLE)}</h2>", f'<p class="note">{esc(DELTAS_INTRO)}</p>',
+                 _html_frame(deltas_display_frame(report.deltas), right=DELTA_NUMBER_COLUMNS)]
+    if report.groups:
+        body += [f"<h2>{esc(PROTOCOL_TITLE)}</h2>", f'<p class="note">{esc(PROTOCOL_INTRO)}</p>',
+                 _html_frame(protocol_display_frame(report))]
+    if len(report.flags):
+        body += [f"<h2>{esc(FLAGS_TITLE)}</h2>", _html_frame(report.flags)]
     if report.check is not None:
         body.append("<h2>Check</h2>")
         body.append(f"<p><b>{esc(report.check.summary_line())}</b></p>")

@@ -8,8 +8,16 @@ import pandas as pd
 
 from detco_bench.report.build import Report
 from detco_bench.report.display import (
+    DELTA_NUMBER_COLUMNS,
+    DELTAS_INTRO,
+    DELTAS_TITLE,
+    FLAGS_TITLE,
+    PROTOCOL_INTRO,
+    PROTOCOL_TITLE,
     check_display_frame,
+    deltas_display_frame,
     excluded_frame,
+    protocol_display_frame,
     provenance_display_frame,
     skipped_frame,
 )
@@ -34,14 +42,22 @@ def render_markdown(report: Report, plot_files: Sequence[str] = ()) -> str:
     """The report as Markdown; `plot_files` are linked from ``plots/`` (written beside it)."""
     out = ["# detco-bench report", ""]
     out.append(f"{len(report.records)} record(s) aggregated into {len(report.groups)} group(s) "
-               f"(checkpoint x task x engine); reference: `{report.reference_name}`; "
+               f"(checkpoint x task x engine x settings); reference: `{report.reference_name}`; "
                f"{len(report.skipped)} skipped, {len(report.excluded)} not successful.")
     out.append("")
-    out.append("Values are means over seeds (± sample std when n > 1); Δ rows subtract the named baseline "
-               f"(|Δ| >= {HIGHLIGHT_DELTA:g} is highlighted in the terminal and HTML).")
+    out.append("Values are means over distinct seeds (± sample std when n > 1; `NaN!`: a seed had no number); "
+               f"Δ rows subtract the named baseline (|Δ| >= {HIGHLIGHT_DELTA:g} is highlighted in the terminal "
+               "and HTML).")
     out.append("")
     for table in report.tables:
         out += [f"## {table.title}", "", frame_to_markdown(table.to_frame(), right=["n", *table.metrics])]
+    if report.deltas:
+        out += [f"## {DELTAS_TITLE}", "", DELTAS_INTRO, "",
+                frame_to_markdown(deltas_display_frame(report.deltas), right=DELTA_NUMBER_COLUMNS)]
+    if report.groups:
+        out += [f"## {PROTOCOL_TITLE}", "", PROTOCOL_INTRO, "", frame_to_markdown(protocol_display_frame(report))]
+    if len(report.flags):
+        out += [f"## {FLAGS_TITLE}", "", frame_to_markdown(report.flags)]
     if report.check is not None:
         out += ["## Check", "", report.check.summary_line(), ""]
         if len(report.check.table):
