@@ -25,6 +25,7 @@ from detco_bench.checkpoints.reference_forward import DEFAULT_INPUT_SIZE
 from detco_bench.checkpoints.rename import Renamed, detectron2_payload, to_detectron2, to_torchvision
 from detco_bench.checkpoints.verify import verify_detectron2, verify_torchvision
 from detco_bench.errors import UserError
+from detco_bench.paths import check_output_file
 from detco_bench.records import sha256_file
 from pretrain.atomic import atomic_write_bytes, atomic_write_json
 
@@ -112,6 +113,7 @@ def check_output_path(checkpoint: str | os.PathLike, target: str, out: str | os.
                         "chooses the reader by file extension)")
     if out.exists() and out.is_dir():
         raise UserError(f"--out {out} is a directory; give a file path")
+    check_output_file(out)
     if checkpoint.exists() and out.exists() and os.path.samefile(out, checkpoint):
         raise UserError(f"--out {out} is the input checkpoint; choose another path")
     if out.exists() and not force:

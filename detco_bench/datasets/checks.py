@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from detco_bench.datasets.coco import coco_content_problems
 from detco_bench.datasets.spec import DatasetSpec
 
 
@@ -22,6 +23,8 @@ def check_dataset(spec: DatasetSpec) -> list[str]:
         ann = Path(spec.subset["source"]) if spec.subset else Path(spec.json_file or "")
         if not ann.is_file():
             problems.append(f"{spec.name}: {what} annotation file not found: {ann}")
+        elif Path(spec.image_root).is_dir():
+            problems.extend(coco_content_problems(spec.name, ann, Path(spec.image_root)))
     elif spec.kind == "voc":
         voc = Path(spec.voc_dir or "")
         if not voc.is_dir():

@@ -56,6 +56,16 @@ def parse_baselines(text: str | None) -> list[tuple[str, str | None]]:
     return specs
 
 
+def check_baselines(specs: list[tuple[str, str | None]]) -> None:
+    """Every baseline checkpoint given exists and reads (nothing is written)."""
+    for _, path in specs:
+        if path is None:
+            continue
+        if not Path(path).is_file():
+            raise UserError(f"--baselines: checkpoint {path} does not exist")
+        load_backbone(path)
+
+
 def random_init_checkpoint(arch: str, folder: Path) -> Path:
     """The random-init baseline of `arch` (made once; the same file on every rerun)."""
     path = folder / f"random_{arch}.pth"
@@ -70,15 +80,13 @@ def random_init_checkpoint(arch: str, folder: Path) -> Path:
 
 
 def baseline_subjects(specs: list[tuple[str, str | None]], checkpoint: str, root: Path) -> list[Subject]:
-    """The baselines as subjects with their checkpoint files (the random one written if needed)."""
+    """The baselines as subjects with their checkpoint files (the random one written if needed);
+    `check_baselines` has checked the others."""
     subjects: list[Subject] = []
     for i, (label, path) in enumerate(specs):
         if path is None:
             arch = load_backbone(checkpoint).arch
             subjects.append(Subject(RANDOM, str(random_init_checkpoint(arch, root / "baselines")), RANDOM))
             continue
-        if not Path(path).is_file():
-            raise UserError(f"--baselines: checkpoint {path} does not exist")
-        load_backbone(path)  # an unreadable baseline stops the suite before any job
         subjects.append(Subject(label or f"baseline{i + 1}", str(Path(path).resolve()), label or None))
     return subjects

@@ -16,7 +16,8 @@ import torch
 from detco_bench.checkpoints import load_backbone, sha256_file
 from detco_bench.engines import resolve_engine
 from detco_bench.errors import UserError
-from detco_bench.pipeline.baselines import Subject, baseline_subjects, parse_baselines
+from detco_bench.paths import check_output_folder
+from detco_bench.pipeline.baselines import Subject, baseline_subjects, check_baselines, parse_baselines
 from detco_bench.pipeline.config import STATE_FILE, PipelineConfig, load_state
 from detco_bench.pipeline.jobs import cli, job_command, submit_job, successful_record, weights_cache_dir
 from detco_bench.pipeline.suites import Job, parse_suite
@@ -85,9 +86,9 @@ def run_pipeline(cfg: PipelineConfig, root: Path, log: Callable[[str], None] = p
     jobs = parse_suite(cfg.suite, cfg.seeds)
     if any(j.kind == "linear" for j in jobs) and not cfg.linear_data:
         raise UserError("the suite has linear-probe jobs: give --linear-data (an ImageFolder root)")
-    if root.exists() and not root.is_dir():
-        raise UserError(f"--out {root} exists and is not a folder")
+    check_output_folder(root)
     validate_jobs(cfg, jobs, root)
+    check_baselines(specs)
     state = load_state(root)
     if state and state.get("config", {}).get("checkpoint") not in (None, cfg.checkpoint):
         raise UserError(f"{root} belongs to a pipeline of checkpoint {state['config']['checkpoint']}; "

@@ -17,6 +17,7 @@ from typing import Any
 
 from detco_bench.datasets.synthetic import SYNTHETIC_GENERATOR, SYNTHETIC_MANIFEST
 from detco_bench.errors import UserError
+from detco_bench.paths import check_output_folder
 from detco_bench.synthetic.cityscapes import write_cityscapes
 from detco_bench.synthetic.coco import write_coco
 from detco_bench.synthetic.common import DEFAULT_IMAGE_SIZE, split_sizes
@@ -107,7 +108,7 @@ def write_synthetic_dataset(out: str | os.PathLike, layout: str, *, num_train: i
     """
     _validate(layout, num_train, num_val, image_size)
     image_size = (int(image_size[0]), int(image_size[1]))
-    out = Path(out)
+    out = check_output_folder(out)
     layouts = list(LAYOUTS) if layout == "all" else [layout]
     _prepare_output(out, layouts, force)
     summaries = {}

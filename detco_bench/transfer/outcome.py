@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from detco_bench.records import ResultRecord, collect_provenance, write_record
+from detco_bench.records import ResultRecord, collect_provenance, complete_metrics, write_record
 from detco_bench.transfer.plan import CONFIG_FILE, PLAN_FILE, TransferPlan, now_iso
 from detco_bench.transfer.state import read_state, write_state
 from detco_bench.transfer_config import to_yaml
@@ -44,7 +44,9 @@ def write_run_record(
     wall_clock_s: float,
     started_at: str,
     finished: bool,
+    notes: list[str] | None = None,
 ) -> Path:
+    """Write the run's record (status running, success or failed) into the plan's results store."""
     out = plan.output_dir
     record = ResultRecord.create(
         task=plan.task_label,
@@ -59,6 +61,7 @@ def write_run_record(
         status=status,
         error=error,
         run_id=plan.run_id,
+        notes=notes or [],
         artifacts={
             "output_dir": str(out),
             "plan": str(out / PLAN_FILE),
@@ -82,10 +85,13 @@ def finish_run(plan: TransferPlan, metrics: dict[str, float], wall_clock_s: floa
     state = read_state(plan.out_dir) or {}
     total = _previous_wall(plan) + float(wall_clock_s)
     started = state.get("started_at") or now_iso()
+    # Every metric of the task is in the record: NaN, with a note, where the evaluator gave nothing.
+    metrics, notes = complete_metrics(metrics, plan.metrics)
     path = write_run_record(
         plan,
         status="success",
         metrics=metrics,
+        notes=notes,
         error=None,
         wall_clock_s=total,
         started_at=started,

@@ -18,6 +18,7 @@ from detco_bench.checkpoints import load_backbone, sha256_file
 from detco_bench.datasets import builtin_dataset, check_dataset, data_root, synthetic_manifest
 from detco_bench.engines import resolve_engine
 from detco_bench.errors import UserError
+from detco_bench.paths import check_output_folder
 from detco_bench.records import config_hash, default_results_dir, new_run_id
 from detco_bench.task_label import TaskLabel
 from detco_bench.tasks import Task, check_subset, get_task
@@ -128,7 +129,7 @@ def plan_options(options: TransferOptions) -> TransferPlan:
     parse_opts(opts)  # fail early on malformed overrides
     problems: list[str] = []
     options = _resolve_launch(options, problems)
-    out = Path(options.out).expanduser().resolve()
+    out = check_output_folder(Path(options.out).expanduser().resolve())
     root = data_root(options.data_root_dir).resolve()
     subset_seed = (options.subset_seed if options.subset_seed is not None else options.seed) if subset else None
 
