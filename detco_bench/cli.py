@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 import typer
 from rich.console import Console
@@ -48,9 +49,20 @@ def _register_commands() -> None:
 _register_commands()
 
 
+#: Warnings of third-party libraries about their own internals: nothing a user of this CLI can act on.
+THIRD_PARTY = (r"(torch|torchvision|pycocotools|cityscapesscripts|tensorboard|matplotlib|submitit|fvcore|"
+               r"detectron2)(\.|$)")
+
+
+def quiet_third_party_warnings() -> None:
+    for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=THIRD_PARTY)
+
+
 def main() -> None:
     """The console script: usage errors (unknown option, bad value, missing argument) are one
     ``error:`` line and exit code 2, like every other bad input."""
+    quiet_third_party_warnings()
     try:
         code = app(standalone_mode=False)
     except TyperException as exc:

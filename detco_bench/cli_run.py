@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from detco_bench.cli_transfer import OPTS_HELP
 from detco_bench.errors import cli_errors
 
 
@@ -29,9 +30,11 @@ def _show(state: dict, console: Console) -> int:  # type: ignore[type-arg]
 
 
 def register(app: typer.Typer, data_app: typer.Typer) -> None:
-    @app.command()
+    @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+                 epilog="Every transfer job gets the overrides: " + OPTS_HELP)
     @cli_errors
     def run(
+        ctx: typer.Context,
         checkpoint: Path = typer.Option(..., "--checkpoint", help="Any checkpoint `detco-bench convert` reads."),
         out: Path = typer.Option(..., "--out", help="Pipeline folder (jobs, records, report); rerun to resume."),
         suite: str = typer.Option("smoke", help="smoke | paper | TASK,TASK,... (linear probes: linear:MODE)."),
@@ -41,8 +44,6 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         device: str = typer.Option(None, help="cpu | cuda (default: cuda when available)."),
         data_root: Path = typer.Option(None, help="Detection datasets root (default $DETECTRON2_DATASETS)."),
         linear_data: Path = typer.Option(None, help="ImageFolder root for the linear probes."),
-        opts: str = typer.Option(None, "--opts", help="Config overrides for every transfer job, e.g. "
-                                 "'SOLVER.MAX_ITER 100 SOLVER.IMS_PER_BATCH 4'."),
         linear_flags: str = typer.Option(None, help="Extra flags for every linear job, e.g. '--epochs 30'."),
         max_retries: int = typer.Option(1, help="Retries of a failed job before giving up on it."),
         method: str = typer.Option(None, help="Method label for the records (default: from the checkpoint)."),
@@ -61,13 +62,14 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         Killed and rerun, it skips finished jobs and resumes interrupted ones."""
         from detco_bench.pipeline import PipelineConfig, make_report, run_pipeline
         from detco_bench.pipeline.validate import check_reference
+        from detco_bench.transfer.options import opts_from_argv
 
         console = Console()
         check_reference(check)
         cfg = PipelineConfig(
             checkpoint=str(checkpoint), suite=suite, seeds=seeds, engine=engine, launcher=launcher, device=device,
             data_root=str(data_root) if data_root else None, linear_data=str(linear_data) if linear_data else None,
-            max_retries=max_retries, method=method, extra_opts=tuple(shlex.split(opts or "")),
+            max_retries=max_retries, method=method, extra_opts=tuple(opts_from_argv(list(ctx.args))),
             linear_flags=tuple(shlex.split(linear_flags or "")),
             slurm={"partition": partition, "gpus_per_node": gpus_per_node, "time": time_min}, baselines=baselines)
         state = run_pipeline(cfg, out, log=lambda m: console.print(m, soft_wrap=True, highlight=False, markup=False),

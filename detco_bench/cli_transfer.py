@@ -32,18 +32,10 @@ def _list_tasks(console: Console) -> None:
     )
 
 
-def _split_opts(extra: list[str]) -> list[str]:
-    """Tokens after --opts (click hands over the unknown '--opts' marker and what follows)."""
-    opts: list[str] = []
-    seen = False
-    for token in extra:
-        if token == "--opts":
-            seen = True
-            continue
-        if not seen:
-            raise UserError(f"unexpected argument {token!r} (config overrides go after --opts KEY VALUE ...)")
-        opts.append(token)
-    return opts
+#: How --opts reads, in `transfer` and `run` alike (they take the tokens after it, not a value).
+OPTS_HELP = ("Config overrides: --opts KEY VALUE ... last on the line (or one quoted string), e.g. "
+             "--opts SOLVER.MAX_ITER 100 SOLVER.IMS_PER_BATCH 4; any key of the effective config "
+             "(--print-config).")
 
 
 def _run_transfer_command(ctx: typer.Context, list_tasks: bool, print_config: bool, protocol: bool,
@@ -52,14 +44,14 @@ def _run_transfer_command(ctx: typer.Context, list_tasks: bool, print_config: bo
     result record. Overrides: --opts KEY VALUE ... (last, e.g. --opts SOLVER.MAX_ITER 100)."""
     from detco_bench.tasks import get_task
     from detco_bench.transfer.describe import describe_plan
-    from detco_bench.transfer.options import TransferOptions
+    from detco_bench.transfer.options import TransferOptions, opts_from_argv
     from detco_bench.transfer.planner import plan_options
     from detco_bench.transfer.protocol import comment_block
     from detco_bench.transfer.run import run_transfer
     from detco_bench.transfer_config import effective_config, to_yaml
 
     console = Console(width=160) if list_tasks else Console()
-    options = TransferOptions.from_cli(values, _split_opts(list(ctx.args)))
+    options = TransferOptions.from_cli(values, opts_from_argv(list(ctx.args)))
     if list_tasks:
         _list_tasks(console)
         return
@@ -139,8 +131,8 @@ def _transfer_command() -> Callable[..., None]:
 
 def register(app: typer.Typer, data_app: typer.Typer) -> None:
     """Add `transfer` to the app and `prepare cityscapes` to the `data` group."""
-    app.command("transfer", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
-        _transfer_command())
+    app.command("transfer", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+                epilog=OPTS_HELP)(_transfer_command())
 
     prepare_app = typer.Typer(help="Prepare downloaded datasets for the transfer tasks.", no_args_is_help=True)
     data_app.add_typer(prepare_app, name="prepare")

@@ -117,3 +117,28 @@ def test_scaled_steps_stay_increasing_and_inside_the_run(tmp_path: Path) -> None
     assert plan.config["SOLVER"]["STEPS"] == [1] and plan.config["SOLVER"]["WARMUP_ITERS"] == 0
     plan = _plan(tmp_path / "o", tmp_path / "datasets", device="cpu", opts=["SOLVER.MAX_ITER", "1"])
     assert plan.config["SOLVER"]["STEPS"] == []
+
+
+def test_loader_workers_fit_the_machine(tmp_path: Path) -> None:
+    from detco_bench.transfer.adapt import ConfigChanges, adapt_workers
+
+    cfg = effective_config("coco_fpn_1x")
+    changes = ConfigChanges(cfg)
+    adapt_workers(changes, world_size=1, cpus=2)
+    assert cfg["DATALOADER"]["NUM_WORKERS"] == 2 and "2 CPU(s)" in changes.items[0]["why"]
+    adapt_workers(changes, world_size=8, cpus=64)  # 8 per process fit: the config's 2 stay
+    assert cfg["DATALOADER"]["NUM_WORKERS"] == 2
+    # The identity of a job does not depend on the machine it was planned on.
+    a = _plan(tmp_path / "o", tmp_path / "datasets", device="cpu")
+    b = _plan(tmp_path / "o", tmp_path / "datasets", device="cpu", opts=["DATALOADER.NUM_WORKERS", "7"])
+    assert a.state["identity"]["config_hash"] == b.state["identity"]["config_hash"]
+
+
+def test_opts_read_the_same_as_tokens_or_one_string() -> None:
+    from detco_bench.transfer.options import opts_from_argv
+
+    assert opts_from_argv(["--opts", "SOLVER.MAX_ITER", "5"]) == ["SOLVER.MAX_ITER", "5"]
+    assert opts_from_argv(["--opts", "SOLVER.MAX_ITER 5 INPUT.MIN_SIZE_TRAIN '(64,)'"]) == [
+        "SOLVER.MAX_ITER", "5", "INPUT.MIN_SIZE_TRAIN", "(64,)"]
+    with pytest.raises(UserError, match="after --opts"):
+        opts_from_argv(["SOLVER.MAX_ITER", "5"])

@@ -4,6 +4,7 @@ synthetic data's classes and keypoints). Every change is recorded with its reaso
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,16 @@ def adapt_device(changes: ConfigChanges, device: str) -> None:
                     "--device cpu runs one process: synchronized BN becomes plain BN "
                     "(detectron2's SyncBN raises on CPU with a process group)",
                 )
+
+
+def adapt_workers(changes: ConfigChanges, world_size: int, cpus: int | None = None) -> None:
+    """Data-loading workers per process no more than this machine's CPUs can run side by side
+    (Detectron2's default of 4 per process oversubscribes a laptop or a 2-core CI runner)."""
+    cpus = cpus or os.cpu_count() or 1
+    fits = max(1, cpus // max(world_size, 1))
+    workers = int(get_key(changes.cfg, "DATALOADER.NUM_WORKERS"))
+    if workers > fits:
+        changes.set("DATALOADER.NUM_WORKERS", fits, f"this machine has {cpus} CPU(s) for {world_size} process(es)")
 
 
 def apply_scaling(

@@ -7,6 +7,17 @@ from detco_bench.transfer.plan import TransferPlan
 from detco_bench.transfer.weights import weights_cached
 
 
+def batch_line(plan: TransferPlan) -> str:
+    """The schedule the run will use, as it is after the scaling rule and --opts."""
+    p = plan.protocol
+    solver = plan.config["SOLVER"]
+    text = (f"{p['total_batch']} images per iteration ({p['ims_per_gpu']} per process, BN over "
+            f"{p['ims_per_bn_group']}), lr {p['base_lr']:g}, {p['max_iter']} iterations, steps "
+            f"{list(solver.get('STEPS') or [])}, warm-up {solver.get('WARMUP_ITERS')}")
+    how = plan.scaling["rule"] + " scaling rule" + (" + --opts" if plan.opts else "")
+    return f"{text} ({how}; protocol {p['protocol']})"
+
+
 def describe_plan(plan: TransferPlan) -> list[str]:
     """Human-readable lines for ``--dry-run`` (the config is printed separately)."""
     lines = [f"task        {plan.task_label} ({plan.family}; {plan.task_obj.description})"]
@@ -44,7 +55,7 @@ def describe_plan(plan: TransferPlan) -> list[str]:
     elif plan.world_size > 1:
         where += f"; one process per GPU, dist-url {plan.dist_url}"
     lines.append(f"launch      {where}")
-    lines.append(f"batch/lr    {plan.scaling['summary']}")
+    lines.append(f"batch/lr    {batch_line(plan)}")
     lines.append(f"data root   {plan.data_root}")
     for name, spec in plan.datasets.items():
         path = spec.json_file or spec.voc_dir or spec.gt_dir

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from detco_bench.errors import UserError
+
 #: ``--opts`` come last on the command line: KEY VALUE pairs handed to the config literally.
 OPTS_FLAG = "--opts"
 
@@ -115,6 +117,22 @@ class TransferOptions:
         slurm = SlurmSpec(**{k: v for k, v in values.items() if k in slurm_names})
         own = {k: v for k, v in values.items() if k not in slurm_names}
         return cls(**own, slurm=slurm, opts=list(opts))
+
+
+def opts_from_argv(tokens: list[str]) -> list[str]:
+    """The KEY VALUE tokens after ``--opts`` on a command line (what click leaves over). A token
+    holding spaces is split like a shell would, so ``--opts 'SOLVER.MAX_ITER 100'`` and
+    ``--opts SOLVER.MAX_ITER 100`` mean the same in every command."""
+    opts: list[str] = []
+    seen = False
+    for token in tokens:
+        if token == OPTS_FLAG and not seen:
+            seen = True
+            continue
+        if not seen:
+            raise UserError(f"unexpected argument {token!r} (config overrides go after {OPTS_FLAG} KEY VALUE ...)")
+        opts.extend(shlex.split(token) if any(c.isspace() for c in token) else [token])
+    return opts
 
 
 def _flat_fields() -> list[tuple[type, dataclasses.Field[Any]]]:

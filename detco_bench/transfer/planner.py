@@ -26,6 +26,7 @@ from detco_bench.transfer.adapt import (
     ConfigChanges,
     adapt_checkpoint,
     adapt_device,
+    adapt_workers,
     apply_scaling,
     dataset_specs,
     fit_schedule,
@@ -62,7 +63,8 @@ def record_label(task: TaskLabel | str, root: Path, *, custom: bool, opts: list[
 def run_identity(label: str, engine: str, checkpoint_sha: str | None, cfg: dict[str, Any]) -> dict[str, Any]:
     """What makes two plans the same job (an output folder holds one job)."""
     core = copy.deepcopy(cfg)
-    for key in ("MODEL.WEIGHTS", "OUTPUT_DIR"):
+    # Where the weights and outputs live, and how many loader workers this machine runs, are not the job.
+    for key in ("MODEL.WEIGHTS", "OUTPUT_DIR", "DATALOADER.NUM_WORKERS"):
         if get_key(core, key, None) is not None:
             set_key(core, key, "")
     return {"task": label, "engine": engine, "checkpoint_sha256": checkpoint_sha, "config_hash": config_hash(core)}
@@ -148,6 +150,8 @@ def plan_options(options: TransferOptions) -> TransferPlan:
     for spec in datasets.values():
         problems.extend(check_dataset(spec))
     adapt_device(changes, str(options.device))
+    if options.launcher == "local":  # a Slurm job's machine is not this one
+        adapt_workers(changes, int(options.gpus or 1))
     changes.set("SEED", int(options.seed), "--seed")
     changes.set("OUTPUT_DIR", str(out), "--out")
     assert options.gpus is not None

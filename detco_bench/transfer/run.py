@@ -13,6 +13,7 @@ from typing import Any
 from detco_bench.engines import Engine, get_engine
 from detco_bench.errors import UserError
 from detco_bench.tasks import write_subset_json
+from detco_bench.transfer.describe import batch_line
 from detco_bench.transfer.outcome import fail_run, start_run
 from detco_bench.transfer.plan import TransferPlan
 from detco_bench.transfer.slurm import submit_plan
@@ -79,8 +80,7 @@ def _execute(plan: TransferPlan, engine: Engine, log: Any) -> TransferOutcome:
     prepare_weights(plan)
     if plan.machine_rank == 0:
         start_run(plan)
-    # --opts are applied after the rule: say so, or the printed batch / lr / schedule may not be the run's.
-    log(f"batch/lr: {plan.scaling['summary']}" + (f"; then --opts {' '.join(plan.opts)}" if plan.opts else ""))
+    log(f"batch/lr: {batch_line(plan)}")
     if plan.launcher == "slurm":
         job_id = submit_plan(plan)
         state = read_state(plan.out_dir) or {}
