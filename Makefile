@@ -21,7 +21,7 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -m "not slow"
 
-# The CI regression: the demo pipeline with fixed seeds, checked against results/reference/smoke.csv.
+# The CI regression: the demo pipeline with fixed seeds, checked against detco_bench/references/smoke.csv.
 ci-smoke: setup
 	$(BIN)/detco-bench demo --out runs/ci-smoke --check
 

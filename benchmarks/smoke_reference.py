@@ -6,7 +6,7 @@ DetCo-smoke-pretrained backbone against a random-init one on the same schedule a
 Runs `detco-bench demo`'s data + pretraining once, then the smoke suite with seeds 0..N-1 for the
 DetCo checkpoint and for a random-init ResNet-18 (torchvision initialisation, seed 0). Prints mean,
 std and min per metric for both, and with --write stores the DetCo rows in
-results/reference/smoke.csv: value = mean over seeds, spread = max(std over seeds, a floor of one
+detco_bench/references/smoke.csv: value = mean over seeds, spread = max(std over seeds, a floor of one
 evaluation unit) so that `detco-bench report --check --reference smoke` (k = 2) tolerates what the
 seeds alone vary, and fails on a real regression.
 """
@@ -28,7 +28,7 @@ from detco_bench.pipeline import PipelineConfig, prepare_demo, run_pipeline
 from detco_bench.records import scan_records
 from pretrain.atomic import atomic_write_text
 
-REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "smoke.csv"
+REFERENCE = Path(__file__).resolve().parents[1] / "detco_bench" / "references" / "smoke.csv"
 # One validation unit: 16 COCO images (AP moves in ~1-point steps), 80 ImageFolder images (1.25%).
 SPREAD_FLOOR = {"top1": 1.25, "knn_top1": 1.25}
 DEFAULT_FLOOR = 1.0
@@ -53,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/smoke-reference"))
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--write", action="store_true", help="store the DetCo rows in results/reference/smoke.csv")
+    parser.add_argument("--write", action="store_true", help="store the DetCo rows in detco_bench/references/smoke.csv")
     args = parser.parse_args()
     t0 = time.time()
     checkpoint, detection, classification = prepare_demo(args.out / "demo", log=print)

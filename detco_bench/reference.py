@@ -1,6 +1,6 @@
 """Reference numbers (the paper's tables, CI smoke references, any CSV of the same schema).
 
-A reference file is a CSV with one row per published number (see results/reference/README.md)::
+A reference file is a CSV with one row per published number (see detco_bench/references/README.md)::
 
     method,pretrain_epochs,task,schedule,engine,metric,value,spread,source
 
@@ -17,6 +17,7 @@ A reference file is a CSV with one row per published number (see results/referen
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 from pathlib import Path
 
@@ -45,7 +46,7 @@ FALLBACK_SPREAD = 0.5
 
 
 def default_spread(task: str, metric: str) -> float:
-    """The documented default run-to-run spread for a (task, metric) (results/reference/README.md)."""
+    """The documented default run-to-run spread for a (task, metric) (detco_bench/references/README.md)."""
     # A name outside the label grammar is taken as a bare task name: reference files may hold any.
     label = TaskLabel.try_parse(task) or TaskLabel(task)
     base, subset = label.base, label.subset
@@ -65,13 +66,12 @@ def default_spread(task: str, metric: str) -> float:
 
 
 def reference_dir() -> Path:
-    """Folder of the built-in references: $DETCO_BENCH_REFERENCE_DIR, else the repository's
-    results/reference (next to the package), else ./results/reference."""
+    """Folder of the built-in references: $DETCO_BENCH_REFERENCE_DIR, else the package's own
+    ``detco_bench/references/`` (package data: a wheel carries it like a checkout)."""
     env = os.environ.get(REFERENCE_DIR_ENV)
     if env:
         return Path(env).expanduser()
-    beside = Path(__file__).resolve().parent.parent / "results" / "reference"
-    return beside if beside.is_dir() else Path("results") / "reference"
+    return Path(str(importlib.resources.files("detco_bench") / "references"))
 
 
 def resolve_reference(name_or_path: str | os.PathLike) -> tuple[str, Path]:

@@ -1,6 +1,6 @@
 """The transfer task registry: every benchmark of the DetCo paper as a named task.
 
-A task knows its config file (under ``transfer_configs/``), its datasets, its schedule, the metric
+A task knows its config file (under ``detco_bench/transfer_configs/``), its datasets, its schedule, the metric
 keys it reports, the reference table of the paper it is compared with, and which evaluator scores
 it. Both transfer engines (Detectron2 and the torchvision engine) read the same registry, see
 docs/transfer.md. `REFERENCE_TASKS` names the paper's other benchmarks, those with reference
@@ -51,11 +51,11 @@ class Task:
 
     name: registry name (also the ``task`` field of result records and reference files).
     family: model family, one of `FAMILIES` (engines dispatch on it).
-    config: YAML file under ``transfer_configs/`` whose `_BASE_` chain gives the effective config.
+    config: YAML file under ``detco_bench/transfer_configs/`` whose `_BASE_` chain gives the effective config.
     train / test: the dataset names in the config's DATASETS.TRAIN / DATASETS.TEST.
     metrics: the metric keys compared with the paper (COCO-style names); engines may record more.
     reference: the table of shared/reference/detco_paper_tables.md (and the ``source`` column of
-        results/reference/paper.csv) that holds the published numbers.
+        detco_bench/references/paper.csv) that holds the published numbers.
     evaluator: how the test set is scored, one of `EVALUATORS`.
     schedule: human-readable schedule ("12k", "1x (90k)", ...); max_iter / batch / lr: the
         published solver values at the reference world size of 8 GPUs.

@@ -1,6 +1,6 @@
 """Transfer configs without detectron2: the `_BASE_` chain, deep merge, and `KEY VALUE` overrides.
 
-The files under ``transfer_configs/`` are Detectron2 YAML configs. This module reads them the way
+The files under ``detco_bench/transfer_configs/`` are Detectron2 YAML configs. This module reads them the way
 detectron2 (fvcore / yacs) does, but with plain ``yaml.safe_load`` and dicts, so that the effective
 config of a task can be printed, tested and read by the torchvision engine without detectron2:
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import importlib.resources
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -50,11 +51,12 @@ Config = dict[str, Any]
 
 
 def config_dir() -> Path:
-    """Where the transfer YAMLs live: ``$DETCO_BENCH_TRANSFER_CONFIGS`` or ``<repo>/transfer_configs``."""
+    """Where the transfer YAMLs live: ``$DETCO_BENCH_TRANSFER_CONFIGS``, else the package's own
+    ``detco_bench/transfer_configs/`` (package data: a wheel carries it like a checkout)."""
     env = os.environ.get(CONFIG_DIR_ENV)
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parent.parent / "transfer_configs"
+    return Path(str(importlib.resources.files("detco_bench") / "transfer_configs"))
 
 
 def config_path(name: str | os.PathLike) -> Path:
@@ -65,8 +67,8 @@ def config_path(name: str | os.PathLike) -> Path:
     base = config_dir()
     if not base.is_dir():
         raise UserError(
-            f"transfer configs not found at {base}: set ${CONFIG_DIR_ENV} to the repository's "
-            "transfer_configs/ folder (an installed, non-editable copy does not include it)"
+            f"transfer configs not found at {base}: this installation of detco-bench is incomplete "
+            f"(reinstall it), or set ${CONFIG_DIR_ENV} to a folder of transfer configs"
         )
     return base / p
 

@@ -18,7 +18,7 @@ from detco_bench.records import CheckpointInfo, ResultRecord, write_record
 from detco_bench.reference import default_spread, load_reference, reference_dir
 
 REPO = Path(__file__).resolve().parent.parent
-REF_DIR = REPO / "results" / "reference"
+REF_DIR = REPO / "detco_bench" / "references"
 PAPER_MD = REF_DIR / "detco_paper_tables.md"
 PAPER_CSV = REF_DIR / "paper.csv"
 

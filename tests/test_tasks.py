@@ -56,12 +56,12 @@ def test_registry_has_exactly_the_issue_tasks() -> None:
 
 
 def paper_rows() -> list[dict[str, str]]:
-    with (Path(__file__).resolve().parent.parent / "results" / "reference" / "paper.csv").open(newline="") as f:
+    with (Path(__file__).resolve().parent.parent / "detco_bench" / "references" / "paper.csv").open(newline="") as f:
         return list(csv.DictReader(f))
 
 
 def test_reference_names_match_paper_csv() -> None:
-    """Every task (and the subset spelling) is a task name of results/reference/paper.csv."""
+    """Every task (and the subset spelling) is a task name of detco_bench/references/paper.csv."""
     rows = paper_rows()
     tasks = {r["task"] for r in rows}
     for name in ISSUE_TASKS:

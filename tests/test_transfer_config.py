@@ -1,4 +1,4 @@
-"""transfer_configs/ and detco_bench.transfer_config, without detectron2: every chain parses, and
+"""detco_bench/transfer_configs/ and detco_bench.transfer_config, without detectron2: every chain parses, and
 every task's effective config has the published MoCo / DetCo protocol values (table-driven)."""
 
 from __future__ import annotations

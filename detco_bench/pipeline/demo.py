@@ -36,7 +36,7 @@ def run_demo(out: Path, check: bool = False, log: Callable[[str], None] = print)
     suite also runs on a random-init backbone, so the report shows what the numbers mean.
 
     Returns the exit code: 0, or 1 when a job failed or (with `check`) a metric regressed
-    against results/reference/smoke.csv.
+    against detco_bench/references/smoke.csv.
     """
     checkpoint, detection, classification = prepare_demo(out, log)
     cfg = PipelineConfig(checkpoint=str(checkpoint), suite="smoke", device="cpu", data_root=str(detection),
