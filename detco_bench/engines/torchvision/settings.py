@@ -1,6 +1,6 @@
 """The effective config as the torchvision engine reads it.
 
-Every task's YAML chain (``transfer_configs/``) starts from Base-Defaults.yaml, Detectron2's own
+Every task's YAML chain (``detco_bench/transfer_configs/``) starts from Base-Defaults.yaml, Detectron2's own
 defaults for every key the engines read, so a key the task does not set has the value it would
 have in a Detectron2 run of the same config, and `--opts` can override any of them.
 """
