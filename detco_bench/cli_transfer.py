@@ -48,6 +48,7 @@ def _run_transfer_command(ctx: typer.Context, list_tasks: bool, print_config: bo
     from detco_bench.transfer.planner import plan_options
     from detco_bench.transfer.protocol import comment_block
     from detco_bench.transfer.run import run_transfer
+    from detco_bench.transfer.torchrun import run_torchrun, torchrun_world
     from detco_bench.transfer_config import effective_config, to_yaml
 
     console = Console(width=160) if list_tasks else Console()
@@ -68,6 +69,12 @@ def _run_transfer_command(ctx: typer.Context, list_tasks: bool, print_config: bo
         options = options.replace(out=Path("transfer-output"))
     if options.checkpoint is None and not (print_config or dry_run):
         raise UserError("--checkpoint is required")
+    world = torchrun_world()
+    if world is not None and not (print_config or dry_run):
+        outcome = run_torchrun(options, world, log=lambda m: console.print(m, markup=False, highlight=False))
+        if world.rank == 0:
+            _say(console, outcome.plan, outcome)
+        return
     plan = plan_options(options)
     if print_config:
         typer.echo(comment_block(plan.protocol) + to_yaml(plan.config), nl=False)
@@ -81,6 +88,11 @@ def _run_transfer_command(ctx: typer.Context, list_tasks: bool, print_config: bo
             raise UserError(f"{len(plan.problems)} problem(s): {'; '.join(plan.problems)}")
         return
     outcome = run_transfer(plan, log=lambda m: console.print(m, markup=False, highlight=False))
+    _say(console, plan, outcome)
+
+
+def _say(console: Console, plan: Any, outcome: Any) -> None:
+    """How the command ended, in one line."""
     if outcome.status == "finished":
         console.print(
             f"already finished: {plan.out_dir} (record {outcome.record}); --force reruns it",

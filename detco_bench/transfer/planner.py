@@ -39,6 +39,8 @@ from detco_bench.transfer.weights import weights_cache_path
 from detco_bench.transfer_config import apply_opts, effective_config, get_key, parse_opts, set_key
 
 LAUNCHERS: tuple[str, ...] = ("local", "slurm")
+#: Set by the CLI when torchrun started the processes (`transfer.torchrun`): they are given, not spawned.
+TORCHRUN = "torchrun"
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 
 #: --opts keys that do not change what a run measures (throughput and bookkeeping only).
@@ -72,7 +74,7 @@ def run_identity(label: str, engine: str, checkpoint_sha: str | None, cfg: dict[
 
 def _resolve_launch(options: TransferOptions, problems: list[str]) -> TransferOptions:
     """Check device / launcher / process counts; fill in the device and the GPU count."""
-    if options.launcher not in LAUNCHERS:
+    if options.launcher not in (*LAUNCHERS, TORCHRUN):
         raise UserError(f"unknown --launcher {options.launcher!r}; choose one of {', '.join(LAUNCHERS)}")
     cuda = torch.cuda.is_available()
     device, gpus = options.device, options.gpus
@@ -83,7 +85,9 @@ def _resolve_launch(options: TransferOptions, problems: list[str]) -> TransferOp
     num_machines, machine_rank = options.num_machines, options.machine_rank
     if num_machines < 1 or not 0 <= machine_rank < num_machines:
         raise UserError(f"--machine-rank {machine_rank} must be in [0, --num-machines {num_machines})")
-    if device == "cpu":
+    if device == "cpu" and options.launcher == TORCHRUN:
+        gpus = gpus or 1  # gloo processes started by torchrun
+    elif device == "cpu":
         if gpus not in (None, 0, 1):
             raise UserError("--device cpu runs a single process; --gpus applies to --device cuda")
         if num_machines > 1:

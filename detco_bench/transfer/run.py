@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from detco_bench.engines import Engine, get_engine
+from detco_bench.engines import get_engine
 from detco_bench.errors import UserError
 from detco_bench.tasks import write_subset_json
 from detco_bench.transfer.describe import batch_line
@@ -44,30 +44,29 @@ def prepare_datasets(plan: TransferPlan) -> None:
             write_subset_json(spec.subset["source"], spec.json_file, spec.subset["fraction"], spec.subset["seed"])
 
 
-def run_transfer(plan: TransferPlan, log: Any = print) -> TransferOutcome:
-    """Execute a plan: refuse problems, honour the output folder's state, convert the checkpoint,
-    then run the engine here (local launcher) or submit it to Slurm. Returns what happened."""
+def _check_runnable(plan: TransferPlan) -> TransferOutcome | None:
+    """Refuse a plan that cannot run; a finished job is reported, not rerun (unless --force)."""
     if plan.problems:
         raise UserError("; ".join(plan.problems))
     if plan.checkpoint is None:
         raise UserError("--checkpoint is required to run a transfer job")
-    status = plan.state["status"]
-    if status == "finished" and not plan.force:
+    if plan.state["status"] == "finished" and not plan.force:
         return TransferOutcome(
             "finished", record=Path(plan.state["record"]) if plan.state.get("record") else None, plan=plan
         )
-    engine = get_engine(plan.engine)
-    reason = engine.available()
+    reason = get_engine(plan.engine).available()
     if reason is not None:
         raise UserError(f"engine {plan.engine}: {reason}")
-    # One writer per folder: machine 0 holds the lock from the first write to the end of the run.
-    lock = folder_lock(plan.output_dir) if plan.machine_rank == 0 else nullcontext()
-    with lock:
-        return _execute(plan, engine, log)
+    return None
 
 
-def _execute(plan: TransferPlan, engine: Engine, log: Any) -> TransferOutcome:
-    """The run itself, under the folder's lock."""
+def prepare_run(plan: TransferPlan, log: Any = print) -> TransferOutcome | None:
+    """Everything before the engine, by the folder's writer (its lock held): re-check the folder,
+    write the subsets, convert the weights, write plan / config / state and the 'running' record.
+    Returns an outcome when there is nothing to run (finished meanwhile)."""
+    early = _check_runnable(plan)
+    if early is not None:
+        return early
     if plan.machine_rank == 0:
         # Another process may have finished or started this folder between the plan and the lock.
         now = folder_state(plan.output_dir, plan.state["identity"])
@@ -81,19 +80,34 @@ def _execute(plan: TransferPlan, engine: Engine, log: Any) -> TransferOutcome:
     if plan.machine_rank == 0:
         start_run(plan)
     log(f"batch/lr: {batch_line(plan)}")
-    if plan.launcher == "slurm":
-        job_id = submit_plan(plan)
-        state = read_state(plan.out_dir) or {}
-        state.update(status="submitted", job_id=job_id)
-        write_state(plan.out_dir, state)
-        return TransferOutcome("submitted", record=plan.record_path, job_id=job_id, plan=plan)
-    t0 = time.monotonic()
-    try:
-        record = engine.run(plan)
-    except KeyboardInterrupt:
-        raise  # the folder stays "running": the next call resumes
-    except Exception as exc:
-        if plan.machine_rank == 0:
-            fail_run(plan, exc, time.monotonic() - t0)
-        raise
+    return None
+
+
+def run_transfer(plan: TransferPlan, log: Any = print) -> TransferOutcome:
+    """Execute a plan: refuse problems, honour the output folder's state, convert the checkpoint,
+    then run the engine here (local launcher) or submit it to Slurm. Returns what happened."""
+    early = _check_runnable(plan)
+    if early is not None:
+        return early
+    # One writer per folder: machine 0 holds the lock from the first write to the end of the run.
+    lock = folder_lock(plan.output_dir) if plan.machine_rank == 0 else nullcontext()
+    with lock:
+        early = prepare_run(plan, log)
+        if early is not None:
+            return early
+        if plan.launcher == "slurm":
+            job_id = submit_plan(plan)
+            state = read_state(plan.out_dir) or {}
+            state.update(status="submitted", job_id=job_id)
+            write_state(plan.out_dir, state)
+            return TransferOutcome("submitted", record=plan.record_path, job_id=job_id, plan=plan)
+        t0 = time.monotonic()
+        try:
+            record = get_engine(plan.engine).run(plan)
+        except KeyboardInterrupt:
+            raise  # the folder stays "running": the next call resumes
+        except Exception as exc:
+            if plan.machine_rank == 0:
+                fail_run(plan, exc, time.monotonic() - t0)
+            raise
     return TransferOutcome("success", record=record, plan=plan)
