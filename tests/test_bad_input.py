@@ -84,7 +84,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("data-unknown-layout", ["data", "synthetic", "--layout", "xml", "--out", "{tmp}/d"], "unknown layout"),
     ("data-out-is-a-file", ["data", "synthetic", "--layout", "coco", "--out", "{file}"], "not a folder"),
     ("data-out-under-a-file", ["data", "synthetic", "--layout", "coco", "--out", "{file}/d"], "is a file"),
-    ("data-bad-size", ["data", "synthetic", "--layout", "coco", "--out", "{tmp}/d", "--image-size", "0x0"],
+    ("data-bad-size", ["data", "synthetic", "--layout", "coco", "--out", "{tmp}/d", "--size", "0x0"],
      "size"),
     # run
     ("run-unknown-suite", ["run", "--checkpoint", "{ck}", "--out", "{tmp}/p", "--suite", "nope"], "unknown task"),
