@@ -142,3 +142,11 @@ def test_opts_read_the_same_as_tokens_or_one_string() -> None:
         "SOLVER.MAX_ITER", "5", "INPUT.MIN_SIZE_TRAIN", "(64,)"]
     with pytest.raises(UserError, match="after --opts"):
         opts_from_argv(["SOLVER.MAX_ITER", "5"])
+
+
+def test_c4_max_size_1200_only_in_the_moco_overlay() -> None:
+    from detco_bench.transfer_config import load_config_file
+
+    assert load_config_file("coco_R_50_C4_2x.yaml")["INPUT"].get("MAX_SIZE_TRAIN", 1333) == 1333
+    assert load_config_file("coco_R_50_C4_2x_moco.yaml")["INPUT"]["MAX_SIZE_TRAIN"] == 1200
+    assert effective_config("coco_c4_1x")["INPUT"]["MAX_SIZE_TRAIN"] == 1200
