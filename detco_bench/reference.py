@@ -17,13 +17,13 @@ A reference file is a CSV with one row per published number (see detco_bench/ref
 
 from __future__ import annotations
 
-import importlib.resources
 import os
 from pathlib import Path
 
 import pandas as pd
 
 from detco_bench.errors import UserError
+from detco_bench.package_data import package_data_dir
 from detco_bench.task_label import TaskLabel
 
 REFERENCE_COLUMNS = ["method", "pretrain_epochs", "task", "schedule", "engine", "metric", "value",
@@ -68,10 +68,7 @@ def default_spread(task: str, metric: str) -> float:
 def reference_dir() -> Path:
     """Folder of the built-in references: $DETCO_BENCH_REFERENCE_DIR, else the package's own
     ``detco_bench/references/`` (package data: a wheel carries it like a checkout)."""
-    env = os.environ.get(REFERENCE_DIR_ENV)
-    if env:
-        return Path(env).expanduser()
-    return Path(str(importlib.resources.files("detco_bench") / "references"))
+    return package_data_dir("references", REFERENCE_DIR_ENV)
 
 
 def resolve_reference(name_or_path: str | os.PathLike) -> tuple[str, Path]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import importlib.resources
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,6 +30,7 @@ from typing import Any
 import yaml
 
 from detco_bench.errors import UserError
+from detco_bench.package_data import package_data_dir
 
 CONFIG_DIR_ENV = "DETCO_BENCH_TRANSFER_CONFIGS"
 BASE_KEY = "_BASE_"
@@ -53,10 +53,7 @@ Config = dict[str, Any]
 def config_dir() -> Path:
     """Where the transfer YAMLs live: ``$DETCO_BENCH_TRANSFER_CONFIGS``, else the package's own
     ``detco_bench/transfer_configs/`` (package data: a wheel carries it like a checkout)."""
-    env = os.environ.get(CONFIG_DIR_ENV)
-    if env:
-        return Path(env).expanduser()
-    return Path(str(importlib.resources.files("detco_bench") / "transfer_configs"))
+    return package_data_dir("transfer_configs", CONFIG_DIR_ENV)
 
 
 def config_path(name: str | os.PathLike) -> Path:
