@@ -140,6 +140,7 @@ def test_opts_read_the_same_as_tokens_or_one_string() -> None:
     assert opts_from_argv(["--opts", "SOLVER.MAX_ITER", "5"]) == ["SOLVER.MAX_ITER", "5"]
     assert opts_from_argv(["--opts", "SOLVER.MAX_ITER 5 INPUT.MIN_SIZE_TRAIN '(64,)'"]) == [
         "SOLVER.MAX_ITER", "5", "INPUT.MIN_SIZE_TRAIN", "(64,)"]
+    assert opts_from_argv(["--opts", "INPUT.MIN_SIZE_TRAIN", "(640, 672)"]) == ["INPUT.MIN_SIZE_TRAIN", "(640, 672)"]
     with pytest.raises(UserError, match="after --opts"):
         opts_from_argv(["SOLVER.MAX_ITER", "5"])
 

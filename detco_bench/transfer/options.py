@@ -123,15 +123,13 @@ def opts_from_argv(tokens: list[str]) -> list[str]:
     """The KEY VALUE tokens after ``--opts`` on a command line (what click leaves over). A token
     holding spaces is split like a shell would, so ``--opts 'SOLVER.MAX_ITER 100'`` and
     ``--opts SOLVER.MAX_ITER 100`` mean the same in every command."""
-    opts: list[str] = []
-    seen = False
-    for token in tokens:
-        if token == OPTS_FLAG and not seen:
-            seen = True
-            continue
-        if not seen:
-            raise UserError(f"unexpected argument {token!r} (config overrides go after {OPTS_FLAG} KEY VALUE ...)")
-        opts.extend(shlex.split(token) if any(c.isspace() for c in token) else [token])
+    if tokens and tokens[0] != OPTS_FLAG:
+        raise UserError(f"unexpected argument {tokens[0]!r} (config overrides go after {OPTS_FLAG} KEY VALUE ...)")
+    opts = list(tokens[1:])
+    # One quoted string holding every pair; a single token with spaces among several is a value
+    # such as "(640, 672)" and stays whole.
+    if len(opts) == 1 and any(c.isspace() for c in opts[0]):
+        opts = shlex.split(opts[0])
     return opts
 
 
