@@ -21,7 +21,11 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         batch_size: int = typer.Option(None, help="Global batch size (default 256)."),
         lr: float = typer.Option(None, help="Default 30 (MoCo's linear protocol)."),
         image_size: int = typer.Option(None, help="Crop size (default 224; validation resizes to size*256/224)."),
-        aug_copies: int = typer.Option(None, help="fast/stages: augmented copies of the training set to cache."),
+        aug_copies: int = typer.Option(None, help="fast/stages: passes of the training augmentation to cache "
+                                                  "(default 3; 0 trains on centre crops)."),
+        fast_head: str = typer.Option(None, help="fast/stages: sgd (the protocol's head and schedule on the "
+                                                 "cached views; default) | lbfgs (logistic regression, weight "
+                                                 "decay chosen on held-out training images)."),
         cache_dtype: str = typer.Option(None, help="float32 | float16 for the feature cache."),
         knn_k: int = typer.Option(None, help="kNN neighbours (default 20)."),
         workers: int = typer.Option(None, help="Data-loading workers (default 8)."),
@@ -40,8 +44,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         from pretrain.distributed import rank
 
         cfg = preset_config(mode, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
-                            aug_copies=aug_copies, cache_dtype=cache_dtype, knn_k=knn_k, workers=workers,
-                            seed=seed)
+                            aug_copies=aug_copies, fast_head=fast_head, cache_dtype=cache_dtype, knn_k=knn_k,
+                            workers=workers, seed=seed)
         path = run_linear(checkpoint, data, out, cfg, fmt=format, method=method, dataset_name=dataset_name,
                           resume=resume, show_progress=not no_progress)
         if rank() == 0:

@@ -50,7 +50,10 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         no_progress: bool = typer.Option(False, "--no-progress", help="Disable the progress bar."),
     ) -> None:
         """Pretrain DetCo or MoCo v2 and write a checkpoint (torchrun-aware: launch with
-        `torchrun --nproc_per_node N --no-python detco-bench pretrain ...` for several GPUs)."""
+        `torchrun --nproc_per_node N --no-python detco-bench pretrain ...` for several GPUs).
+
+        Exit code 2: invalid options or data. Exit code 1: the run stopped because a loss became inf
+        or NaN; the last checkpoint is kept and --resume continues from it."""
         from pretrain.config import preset as make_preset
         from pretrain.train import train
 

@@ -85,7 +85,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
     @cli_errors
     def demo(
         out: Path = typer.Option(Path("runs/demo"), "--out", help="Demo folder (rerun to resume)."),
-        check: bool = typer.Option(False, "--check", help="Check the metrics against detco_bench/references/smoke.csv."),
+        check: bool = typer.Option(False, "--check", help="Check the metrics against the smoke references."),
     ) -> None:
         """The whole pipeline on the embedded default, CPU only: synthetic data -> DetCo smoke
         pretraining -> verified conversion -> smoke transfer (built-in engine unless detectron2 is

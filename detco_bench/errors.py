@@ -1,4 +1,8 @@
-"""User-facing errors: the CLI prints them as one line and exits with code 2."""
+"""Errors the CLI reports as one `error: ...` line, without a traceback.
+
+Exit code 2: bad input from the user (nothing was done). Exit code 1: a run that started and then
+failed on its own (a loss became NaN), which no change of the command line would have prevented.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import ParamSpec, TypeVar
 
 import typer
 
-from pretrain.errors import PretrainInputError
+from pretrain.errors import NonFiniteLossError, PretrainInputError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -19,13 +23,16 @@ class UserError(Exception):
     """Bad input from the user: a missing file, an unknown name, an invalid combination."""
 
 
+EXIT_RUN_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, PretrainInputError)
+RUN_ERRORS: tuple[type[BaseException], ...] = (NonFiniteLossError,)
 
 
 def cli_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Decorator for CLI commands: user errors become one `error: ...` line and exit code 2."""
+    """Decorator for CLI commands: user errors become one `error: ...` line and exit code 2, run
+    failures one `error: ...` line and exit code 1."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -34,5 +41,8 @@ def cli_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except USER_ERRORS as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise typer.Exit(EXIT_BAD_INPUT) from None
+        except RUN_ERRORS as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise typer.Exit(EXIT_RUN_FAILED) from None
 
     return wrapper

@@ -23,6 +23,7 @@ from torch import nn
 
 from pretrain.config import PretrainConfig
 from pretrain.distributed import batch_shuffle, batch_unshuffle, concat_all_gather
+from pretrain.precision import guard_strided_convs, unit_vectors
 
 STAGES = ("res2", "res3", "res4", "res5")
 
@@ -39,6 +40,7 @@ class ResNetTrunk(nn.Module):
         self.stage_channels: tuple[int, ...] = tuple(
             layer[-1].conv3.out_channels if hasattr(layer[-1], "conv3") else layer[-1].conv2.out_channels
             for layer in (self.layer1, self.layer2, self.layer3, self.layer4))
+        guard_strided_convs(self)  # small crops reach the deep stages as 1x1 maps: see pretrain.precision
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(N, 3, H, W) images -> [res2 .. res5] feature maps, each (N, C_s, H/4/2^s, ...)."""
@@ -73,28 +75,31 @@ class Encoder(nn.Module):
         return [feats[i].mean(dim=(2, 3)).float() for i in self.stage_ids]
 
     def global_embed(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """(N, 3, H, W) -> per stage an L2-normalised embedding (N, dim)."""
-        return [F.normalize(h(f), dim=1) for h, f in zip(self.global_heads, self.pooled(images), strict=True)]
+        """(N, 3, H, W) -> per stage an L2-normalised fp32 embedding (N, dim)."""
+        return [unit_vectors(h(f)) for h, f in zip(self.global_heads, self.pooled(images), strict=True)]
 
     def local_embed(self, patches: torch.Tensor) -> list[torch.Tensor]:
-        """(N, 9, 3, P, P) patch sets -> per stage an L2-normalised embedding (N, dim) of the 9
+        """(N, 9, 3, P, P) patch sets -> per stage an L2-normalised fp32 embedding (N, dim) of the 9
         pooled patch features concatenated in the (shuffled) patch order."""
         n = patches.shape[0]
         pooled = self.pooled(patches.flatten(0, 1))  # each (N*9, C_s)
         assert self.local_heads is not None
-        return [F.normalize(h(f.reshape(n, -1)), dim=1) for h, f in zip(self.local_heads, pooled, strict=True)]
+        return [unit_vectors(h(f.reshape(n, -1))) for h, f in zip(self.local_heads, pooled, strict=True)]
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
     """InfoNCE of queries q (N, D) against positives k (N, D) and negatives queue (D, K).
 
-    logits = [q.k, q.queue] / T, target index 0; the mean cross-entropy over the batch.
+    logits = [q.k, q.queue] / T, target index 0; the mean cross-entropy over the batch, computed
+    in fp32 whatever the autocast state.
     """
-    q, k = q.float(), k.float()  # logits in fp32 even under autocast
-    pos = (q * k).sum(dim=1, keepdim=True)
-    neg = q @ queue
-    logits = torch.cat([pos, neg], dim=1) / temperature
-    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+    # Casting alone is not enough: autocast runs `q @ queue` in bf16 even on fp32 operands.
+    with torch.autocast(q.device.type, enabled=False):
+        q, k = q.float(), k.float()
+        pos = (q * k).sum(dim=1, keepdim=True)
+        neg = q @ queue.float()
+        logits = torch.cat([pos, neg], dim=1) / temperature
+        return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
 
 class DetCo(nn.Module):

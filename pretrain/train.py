@@ -1,5 +1,7 @@
 """The pretraining loop: SGD + cosine, AMP, DDP via torchrun, atomic checkpoints, exact resume.
 
+A step whose loss is not finite stops the run (NonFiniteLossError) before anything of it is written.
+
 Run folder layout:
   config.json      the effective PretrainConfig
   checkpoint.pth   latest training state (atomically replaced; see CHECKPOINT_FORMAT)
@@ -30,7 +32,7 @@ from pretrain.atomic import atomic_torch_save, atomic_write_json, atomic_write_t
 from pretrain.config import PretrainConfig
 from pretrain.data import ContrastiveViews, EpochSampler, build_source
 from pretrain.detco import DetCo
-from pretrain.errors import PretrainInputError
+from pretrain.errors import NonFiniteLossError, PretrainInputError
 
 CHECKPOINT_FORMAT = "detco-bench.pretrain"
 CHECKPOINT_VERSION = 1
@@ -114,6 +116,24 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def check_finite(loss: torch.Tensor, terms: dict[str, torch.Tensor], step: int,
+                 checkpoint_step: int | None) -> float:
+    """The total loss (a scalar) averaged over processes; raises NonFiniteLossError when it or any
+    of its terms (scalars, "res5/g2g": ...) is inf or NaN on any process.
+
+    Averaging the whole vector over processes makes every rank see the same verdict (a NaN on one
+    rank is a NaN in the mean), so all ranks stop together instead of waiting on a dead one.
+    """
+    names = ["loss", *terms]
+    values = torch.stack([loss.detach().float(), *(v.detach().float() for v in terms.values())])
+    averaged = dist_utils.all_reduce_mean(values).tolist()  # one host sync per step
+    bad = [name for name, v in zip(names, averaged, strict=True) if not math.isfinite(v)]
+    if bad:
+        term = next((name for name in bad if name != "loss"), "loss")  # the term is the useful clue
+        raise NonFiniteLossError(step, term, averaged[names.index(term)], checkpoint_step)
+    return averaged[0]
+
+
 def _keep_metric_lines_up_to(path: Path, step: int) -> None:
     """Drop metric lines logged after the checkpoint we resume from (a killed run wrote them)."""
     if not path.exists():
@@ -172,6 +192,7 @@ def train(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, sho
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     step, bad_images, elapsed_before = 0, 0, 0.0
+    saved_step: int | None = None  # the step checkpoint.pth holds, for the message of a failed run
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -179,6 +200,7 @@ def train(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, sho
             scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
         step, bad_images = int(state["step"]), int(state.get("bad_images", 0))
+        saved_step = step
         elapsed_before = float(state.get("wall_clock_s", 0.0))
     net: torch.nn.Module = model
     if world > 1:
@@ -195,6 +217,7 @@ def train(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, sho
         writer = SummaryWriter(str(out / "tb"), purge_step=step if step else None)
 
     def save(finished: bool) -> Path:
+        nonlocal saved_step
         path = out / CHECKPOINT_NAME
         if is_main:
             atomic_torch_save(path, {
@@ -204,6 +227,7 @@ def train(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, sho
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rng": _rng_state(),
                 "backbone": model.backbone_state_dict(), "finished": finished, "bad_images": bad_images,
                 "wall_clock_s": elapsed_before + time.time() - started, "environment": environment(device)})
+        saved_step = step
         return path
 
     started = time.time()
@@ -212,7 +236,8 @@ def train(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, sho
                         disable=not (show_progress and is_main))
     model.train()
     stop_at = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
-    with progress:
+    # The writer is closed on the way out of a failed run too, so the events logged before it are kept.
+    with progress, writer if writer is not None else nullcontext():
         task = progress.add_task(f"{cfg.method} {cfg.arch}", total=total_steps, completed=step, stats="")
         window_start, window_images = time.time(), 0
         while step < stop_at:
@@ -235,6 +260,9 @@ def train(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, sho
                     group["lr"] = lr
                 with autocast:
                     loss, terms = net(**views)
+                # Checked before backward: no weight update, metric line or checkpoint of a
+                # non-finite step ever exists, so the last checkpoint stays a good one to resume.
+                loss_mean = check_finite(loss, terms, step + 1, saved_step)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -242,7 +270,6 @@ def train(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, sho
                 step += 1
                 window_images += cfg.batch_size
                 if step % cfg.log_every == 0 or step == stop_at:
-                    loss_mean = float(dist_utils.all_reduce_mean(loss.detach().float()))
                     now = time.time()
                     img_s = window_images / max(now - window_start, 1e-9)
                     window_start, window_images = now, 0
@@ -266,8 +293,6 @@ def train(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, sho
                     break
             if step % steps_per_epoch == 0 or step >= stop_at:
                 save(finished=step >= total_steps)
-    if writer is not None:
-        writer.close()
     if is_main and bad_images:
         console.print(f"[yellow]skipped {bad_images} unreadable image(s)[/yellow]")
     return out / CHECKPOINT_NAME

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from detco_bench.cli import app
+from pretrain.detco import DetCo
+from pretrain.train import load_checkpoint
 
 runner = CliRunner()
 
@@ -78,3 +81,29 @@ def test_pretrain_bad_input_is_one_line_and_exit_2(tmp_path: Path, case: str) ->
         assert (out / "precious.txt").read_text() == "keep me"
     elif case != "unwritable_out":
         assert not out.exists()
+
+
+def test_pretrain_non_finite_loss_is_one_line_and_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that fails on its own (NaN at step 2) is not bad input: exit 1, one line, no traceback,
+    and the step-1 checkpoint stays for --resume."""
+    original = DetCo.forward
+    calls = 0
+
+    def forward(self: DetCo, *args: torch.Tensor, **kwargs: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        nonlocal calls
+        calls += 1
+        total, terms = original(self, *args, **kwargs)
+        if calls == 2:
+            terms = dict(terms, **{"res4/g2l": torch.tensor(float("inf"))})
+            total = total + float("inf")
+        return total, terms
+
+    monkeypatch.setattr(DetCo, "forward", forward)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["pretrain", "--preset", "smoke", "--data", "synthetic", "--out", str(out), *TINY,
+                                 "--save-every-steps", "1"])
+    assert result.exit_code == 1, result.output
+    lines = _error_lines(result)
+    assert len(lines) == 1 and lines[0].startswith("error: loss became inf at step 2 (term res4/g2l)"), lines
+    assert "Traceback" not in result.output and "checkpoint:" not in result.stdout
+    assert load_checkpoint(out / "checkpoint.pth")["step"] == 1

@@ -12,7 +12,18 @@ from typer.testing import CliRunner
 
 from detco_bench import linear
 from detco_bench.cli import app
-from detco_bench.linear import FrozenBackbone, knn_classify, preset_config, run_linear
+from detco_bench.linear import (
+    LBFGS_WEIGHT_DECAYS,
+    FrozenBackbone,
+    fit_lbfgs_head,
+    holdout_mask,
+    knn_classify,
+    preset_config,
+    run_linear,
+    train_sgd_head,
+)
+from detco_bench.linear import cache as linear_cache
+from detco_bench.linear import protocol as linear_protocol
 from detco_bench.records import read_record
 from tests.conftest import save_random_resnet
 
@@ -92,17 +103,17 @@ def test_protocol_resume_is_exact(easy_data: Path, random_resnet18: Path, tmp_pa
     cfg = _cfg("protocol", epochs=4)
     run_linear(random_resnet18, easy_data, tmp_path / "full", cfg, show_progress=False)
 
-    real_lr = linear._epoch_lr
+    real_lr = linear_protocol.epoch_lr
 
     def crash_at_epoch_2(c: linear.LinearConfig, epoch: int) -> float:
         if epoch == 2:
             raise KeyboardInterrupt("killed")
         return real_lr(c, epoch)
 
-    monkeypatch.setattr(linear, "_epoch_lr", crash_at_epoch_2)
+    monkeypatch.setattr(linear_protocol, "epoch_lr", crash_at_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         run_linear(random_resnet18, easy_data, tmp_path / "split", cfg, show_progress=False)
-    monkeypatch.setattr(linear, "_epoch_lr", real_lr)
+    monkeypatch.setattr(linear_protocol, "epoch_lr", real_lr)
     assert torch.load(tmp_path / "split" / linear.STATE_NAME, weights_only=True)["epoch"] == 2
     run_linear(random_resnet18, easy_data, tmp_path / "split", cfg, resume=True, show_progress=False)
     a = torch.load(tmp_path / "full" / linear.STATE_NAME, weights_only=True)["head"]
@@ -113,20 +124,21 @@ def test_protocol_resume_is_exact(easy_data: Path, random_resnet18: Path, tmp_pa
 
 def test_feature_extraction_resumes_where_it_stopped(easy_data: Path, random_resnet18: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = _cfg("fast", epochs=2, batch_size=4)  # chunks of 32 rows: the 48 train images take 2 chunks
+    # Centre crops only (train-0); chunks of 32 rows: the 48 train images take 2 chunks.
+    cfg = _cfg("fast", epochs=2, batch_size=4, aug_copies=0)
     run_linear(random_resnet18, easy_data, tmp_path / "full", cfg, show_progress=False)
 
-    real = linear.atomic_write_json
+    real = linear_cache.atomic_write_json
     def crash_after_first_chunk(path: Path, obj: object) -> Path:
         result = real(path, obj)
         if isinstance(obj, dict) and obj.get("done") == 32:
             raise KeyboardInterrupt("killed")
         return result
 
-    monkeypatch.setattr(linear, "atomic_write_json", crash_after_first_chunk)
+    monkeypatch.setattr(linear_cache, "atomic_write_json", crash_after_first_chunk)
     with pytest.raises(KeyboardInterrupt):
         run_linear(random_resnet18, easy_data, tmp_path / "split", cfg, show_progress=False)
-    monkeypatch.setattr(linear, "atomic_write_json", real)
+    monkeypatch.setattr(linear_cache, "atomic_write_json", real)
     run_linear(random_resnet18, easy_data, tmp_path / "split", cfg, resume=True, show_progress=False)
     for stage in ("res2", "res5"):
         a = np.load(tmp_path / "full" / "cache" / "train-0" / f"{stage}.npy")
@@ -200,3 +212,81 @@ def test_only_a_1000_class_dataset_is_called_imagenet(tmp_path: Path) -> None:
     assert default_dataset_name(tmp_path / "imagenet", 1000) == "imagenet"
     assert default_dataset_name(tmp_path / "imagenet", 4) == "imagenet-4classes"
     assert default_dataset_name(tmp_path / "easy", 4) == "easy"
+
+
+def test_fast_trains_on_augmented_views_only_and_records_how(easy_data: Path, random_resnet18: Path,
+                                                              tmp_path: Path) -> None:
+    record = read_record(run_linear(random_resnet18, easy_data, tmp_path / "f", _cfg("fast"), show_progress=False))
+    assert record.config["aug_copies"] == linear.DEFAULT_AUG_COPIES == 3
+    assert record.config["head_fit"] == {"res5": {"head": "sgd", "views_per_epoch": 1, "train_views": [1, 2, 3]}}
+    cached = sorted(p.name for p in (tmp_path / "f" / "cache").iterdir())
+    assert cached == ["train-1", "train-2", "train-3", "val-0"], "like the protocol: no centre crops to train on"
+    assert record.metrics["top1"] >= 90.0, record.metrics
+
+
+def test_sgd_head_runs_over_one_view_per_epoch() -> None:
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(40) % 2
+    good = torch.randn(40, 8, generator=gen) + 3.0 * y[:, None]
+    poisoned = torch.full_like(good, float("nan"))
+    cfg = preset_config("fast", epochs=1, batch_size=8, lr=0.1)
+    head, fit = train_sgd_head([good, poisoned], y, 2, cfg, torch.device("cpu"))
+    assert torch.isfinite(head.weight).all(), "epoch 0 saw view 0 only"
+    head, _ = train_sgd_head([good, poisoned], y, 2, preset_config("fast", epochs=2, batch_size=8, lr=0.1),
+                             torch.device("cpu"))
+    assert torch.isnan(head.weight).any(), "epoch 1 ran over view 1"
+    assert fit == {"head": "sgd", "views_per_epoch": 1}
+
+
+def _blobs(n: int, noise_seed: int, noise: float = 2.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Four Gaussian class blobs in 16-d, offset from the origin: features (n, 16), labels (n,)."""
+    centers = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(n) % 4
+    return 5.0 + 3.0 * centers[y] + noise * torch.randn(n, 16, generator=torch.Generator().manual_seed(noise_seed)), y
+
+
+def test_lbfgs_head_sweeps_weight_decay_on_held_out_images() -> None:
+    x, y = _blobs(240, noise_seed=1)
+    val_x, val_y = _blobs(240, noise_seed=2)
+    augmented = x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    cfg = preset_config("fast", fast_head="lbfgs")
+    head, fit = fit_lbfgs_head([x, augmented], y, x, 4, cfg, torch.device("cpu"))
+    assert fit["head"] == "lbfgs" and fit["weight_decay"] in LBFGS_WEIGHT_DECAYS
+    assert set(fit["holdout_top1"]) == {f"{wd:g}" for wd in LBFGS_WEIGHT_DECAYS}
+    assert fit["holdout_top1"][f"{fit['weight_decay']:g}"] == max(fit["holdout_top1"].values())
+    assert fit["holdout_images"] == 48  # 20% of 60 per class
+    # The head works on raw (unstandardised) features: the standardisation is folded into it.
+    accuracy = (head(val_x).argmax(1) == val_y).float().mean().item()
+    assert accuracy >= 0.9, accuracy
+    again, fit_again = fit_lbfgs_head([x, augmented], y, x, 4, cfg, torch.device("cpu"))
+    assert torch.equal(head.weight, again.weight) and torch.equal(head.bias, again.bias) and fit == fit_again
+
+
+def test_holdout_mask_is_stratified_and_seeded() -> None:
+    y = torch.tensor([0] * 10 + [1] * 5 + [2] * 1)
+    mask = holdout_mask(y, 0.2, seed=3)
+    assert [int(mask[y == c].sum()) for c in range(3)] == [2, 1, 0], "a lone image stays to be fitted"
+    assert torch.equal(mask, holdout_mask(y, 0.2, seed=3)) and not torch.equal(mask, holdout_mask(y, 0.2, seed=4))
+
+
+def test_fast_lbfgs_end_to_end_is_deterministic_and_records_its_choice(easy_data: Path, random_resnet18: Path,
+                                                                        tmp_path: Path) -> None:
+    grid = (1e-3, 1e-1, 10.0)
+    cfg = _cfg("fast", fast_head="lbfgs", aug_copies=1, lbfgs_max_iter=50, lbfgs_weight_decays=grid)
+    a = read_record(run_linear(random_resnet18, easy_data, tmp_path / "a", cfg, show_progress=False))
+    b = read_record(run_linear(random_resnet18, easy_data, tmp_path / "b", cfg, show_progress=False))
+    fit = a.config["head_fit"]["res5"]
+    assert fit["head"] == "lbfgs" and fit["train_views"] == [0, 1] and fit["weight_decay"] in grid
+    assert a.config["lbfgs_weight_decays"] == list(grid) and set(fit["holdout_top1"]) == {"0.001", "0.1", "10"}
+    assert a.metrics["top1"] >= 90.0, a.metrics
+    assert a.metrics == b.metrics and a.config == b.config
+    for view in ("train-0", "train-1", "val-0"):
+        np.testing.assert_array_equal(np.load(tmp_path / "a" / "cache" / view / "res5.npy"),
+                                      np.load(tmp_path / "b" / "cache" / view / "res5.npy"))
+
+
+def test_bad_fast_head_exits_2(easy_data: Path, random_resnet18: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["linear", "--checkpoint", str(random_resnet18), "--data", str(easy_data),
+                                 "--out", str(tmp_path / "o"), "--mode", "fast", "--fast-head", "svm",
+                                 "--workers", "0", "--no-progress"])
+    assert result.exit_code == 2 and "unknown --fast-head 'svm'" in result.stderr, result.output

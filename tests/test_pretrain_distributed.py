@@ -53,6 +53,19 @@ def _checks(rank: int, out: Path) -> None:
     assert int(model.queue_ptr) == 4  # global batch 2 x 2 ranks
     queues = concat_all_gather(model.queue_global[None])
     assert torch.equal(queues[0], queues[1])
+
+    # A NaN on one rank stops both ranks at the same step and term (no rank is left waiting).
+    from pretrain.errors import NonFiniteLossError
+    from pretrain.train import check_finite
+
+    terms = {"res4/g2g": torch.tensor(1.0), "res5/l2l": torch.tensor(float("nan") if rank == 1 else 2.0)}
+    try:
+        check_finite(torch.tensor(3.0), terms, 7, None)
+    except NonFiniteLossError as exc:
+        assert (exc.step, exc.term) == (7, "res5/l2l"), (exc.step, exc.term)
+    else:
+        raise AssertionError(f"rank {rank} did not stop")
+    assert check_finite(torch.tensor(1.0 + rank), {"res5/g2g": torch.tensor(1.0)}, 8, None) == 1.5
     (out / f"rank{rank}.ok").write_text("ok")
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from pretrain.augment import JigsawPatches, global_view_transform
 from pretrain.config import PRESETS, preset
-from pretrain.detco import DetCo, info_nce
+from pretrain.detco import DetCo, ResNetTrunk, info_nce
 from pretrain.errors import PretrainInputError
 from tests.conftest import tiny_config
 
@@ -28,6 +28,55 @@ def test_info_nce_matches_hand_computation() -> None:
         expected.append(-logits[0] + math.log(sum(math.exp(x) for x in logits)))
     got = info_nce(q, k, queue, t)
     assert got.item() == pytest.approx(sum(expected) / 2, rel=1e-6)
+
+
+
+def test_info_nce_stays_fp32_under_autocast() -> None:
+    torch.manual_seed(0)
+    q, k = F.normalize(torch.randn(4, 128), dim=1), F.normalize(torch.randn(4, 128), dim=1)
+    queue = F.normalize(torch.randn(128, 64), dim=0)
+    reference = info_nce(q, k, queue, 0.2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = info_nce(q.bfloat16(), k.bfloat16(), queue, 0.2)
+    # Exactly the fp32 computation on the bf16-rounded embeddings: were autocast to run `q @ queue`
+    # as a bf16 matmul, each logit would move by up to ~1e-2 (and this loss by ~2e-6 relative).
+    assert got.dtype == torch.float32
+    assert got.item() == info_nce(q.bfloat16().float(), k.bfloat16().float(), queue, 0.2).item()
+    assert got.item() == pytest.approx(reference.item(), rel=1e-2)
+
+
+def _fill_freed_memory_with_nan() -> None:
+    """Allocate and free NaN-filled buffers of several sizes, so that an op that hands out memory
+    without writing it returns NaN instead of whatever happened to be there (often zeros)."""
+    for n in (1 << 16, 1 << 19, 1 << 21, 1 << 23):
+        buffer = torch.full((n,), float("nan"))
+        del buffer
+
+
+def test_bf16_weight_gradients_on_1x1_maps_are_exact() -> None:
+    """16-px patches reach layer4 as 1x1 maps. There, under CPU bf16 autocast, the weight gradient
+    of layer4.0.conv1 (3x3, stride 2) must be that of fp32: exactly 0 on the 8 taps that only see
+    padding, not uninitialised memory (the oneDNN AMX kernel leaves them unwritten, see
+    pretrain.precision)."""
+    torch.manual_seed(0)
+    trunk = ResNetTrunk("resnet18").to(memory_format=torch.channels_last)
+    patches = torch.randn(36, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    conv = trunk.layer4[0].conv1
+    padding_only = torch.ones(3, 3, dtype=torch.bool)
+    padding_only[1, 1] = False
+    for _ in range(3):  # a few tries: which memory the kernel is handed varies
+        trunk.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            feats = trunk(patches)
+        assert feats[2].shape[-2:] == (1, 1), "the test needs layer4's input to be a 1x1 map"
+        loss = sum(f.float().square().mean() for f in feats)
+        _fill_freed_memory_with_nan()
+        loss.backward()
+        for name, p in trunk.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name}: non-finite gradient"
+        wrong = conv.weight.grad[:, :, padding_only]
+        assert not wrong.any(), (f"{int(torch.count_nonzero(wrong))} of {wrong.numel()} padding-only weight "
+                                 f"gradients are not 0 (max |g| {float(wrong.abs().max()):.3g})")
 
 
 def _model(**overrides: object) -> DetCo:

@@ -1,9 +1,11 @@
-"""The training loop: checkpoints, exact resume (also after a real SIGKILL), data edge cases."""
+"""The training loop: checkpoints, exact resume (also after a real SIGKILL), data edge cases, bf16
+stability, and stopping on a non-finite loss."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -16,7 +18,8 @@ import torch
 from PIL import Image
 
 from pretrain.config import PretrainConfig
-from pretrain.errors import PretrainInputError
+from pretrain.detco import DetCo
+from pretrain.errors import NonFiniteLossError, PretrainInputError
 from pretrain.train import CHECKPOINT_FORMAT, load_checkpoint, train
 from tests.conftest import tiny_config
 
@@ -143,10 +146,78 @@ def test_fewer_images_than_one_batch(tmp_path: Path) -> None:
         train(tiny_config(synthetic_images=3), tmp_path / "run", show_progress=False)
 
 
+AMP_STEPS = 20
+
+
 def test_amp_and_channels_last_step_on_cpu(tmp_path: Path) -> None:
-    """bf16 autocast + channels_last run end to end on the CPU and give finite losses."""
-    ckpt = train(tiny_config(epochs=1, max_steps=2, amp=True, channels_last=True), tmp_path / "run",
-                 show_progress=False)
+    """bf16 autocast + channels_last for 20 steps on the CPU: finite losses, and finite weights of a
+    sane size (a step that trained on uninitialised gradient memory leaves ~1e29 or NaN there)."""
+    cfg = tiny_config(epochs=1, synthetic_images=4 * AMP_STEPS, amp=True, channels_last=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny bf16 kernels: one thread is ~5x faster than two on a busy 2-core box
+    try:
+        ckpt = train(cfg, tmp_path / "run", show_progress=False)
+    finally:
+        torch.set_num_threads(threads)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert len(lines) == 2 and all(torch.isfinite(torch.tensor(x["loss"])) for x in lines)
-    assert load_checkpoint(ckpt)["step"] == 2
+    assert [x["step"] for x in lines] == list(range(1, AMP_STEPS + 1))
+    assert all(math.isfinite(v) for x in lines for k, v in x.items() if k.startswith("loss"))
+    state = load_checkpoint(ckpt)
+    assert state["step"] == AMP_STEPS and state["finished"]
+    for name, value in state["model"].items():
+        if value.is_floating_point() and "running_" not in name:
+            assert value.abs().max() < 100, f"{name}: max |w| {float(value.abs().max()):.3g}"
+
+
+def _nan_at_call(monkeypatch: pytest.MonkeyPatch, bad_call: int, term: str, run: Path) -> list[bytes]:
+    """Make the `bad_call`-th DetCo forward return NaN for `term` (and the total); returns a list that
+    receives the checkpoint's bytes as they were on disk when that step began."""
+    original = DetCo.forward
+    calls = 0
+    on_disk: list[bytes] = []
+
+    def forward(self: DetCo, *args: torch.Tensor, **kwargs: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        nonlocal calls
+        calls += 1
+        total, terms = original(self, *args, **kwargs)
+        if calls == bad_call:
+            ckpt = run / "checkpoint.pth"
+            on_disk.append(ckpt.read_bytes() if ckpt.exists() else b"")
+            terms = dict(terms, **{term: torch.tensor(float("nan"))})
+            total = total * float("nan")
+        return total, terms
+
+    monkeypatch.setattr(DetCo, "forward", forward)
+    return on_disk
+
+
+def test_non_finite_loss_stops_before_the_step_is_written(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    cfg = tiny_config(epochs=1, save_every_steps=1)  # 3 steps, a checkpoint after each
+    on_disk = _nan_at_call(monkeypatch, 2, "res3/l2l", run)
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 2 \(term res3/l2l\).*holds step 1") as err:
+        train(cfg, run, show_progress=False)
+    assert (err.value.step, err.value.term, err.value.checkpoint_step) == (2, "res3/l2l", 1)
+    assert len(str(err.value).splitlines()) == 1
+    # Nothing of step 2 reached the run folder: the checkpoint is byte for byte the one of step 1.
+    assert (run / "checkpoint.pth").read_bytes() == on_disk[0]
+    state = load_checkpoint(run / "checkpoint.pth")
+    assert state["step"] == 1 and not state["finished"]
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    text = (run / "metrics.jsonl").read_text()
+    assert [json.loads(x)["step"] for x in text.splitlines()] == [1] and "NaN" not in text
+
+    monkeypatch.undo()  # the cause is gone: --resume continues from the step-1 checkpoint
+    state = load_checkpoint(train(cfg, run, resume=True, show_progress=False))
+    assert state["step"] == 3 and state["finished"]
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_non_finite_loss_before_any_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _nan_at_call(monkeypatch, 1, "res5/g2g", tmp_path / "run")
+    with pytest.raises(NonFiniteLossError, match="at step 1 .*no checkpoint was written") as err:
+        train(tiny_config(epochs=1), tmp_path / "run", show_progress=False)
+    assert err.value.checkpoint_step is None
+    assert not (tmp_path / "run" / "checkpoint.pth").exists()
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

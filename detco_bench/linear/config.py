@@ -1,0 +1,82 @@
+"""`LinearConfig`: every setting of one linear-evaluation job, and `preset_config` (per-mode defaults)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+from detco_bench.errors import UserError
+
+MODES = ("protocol", "fast", "knn", "stages")
+FAST_HEADS = ("sgd", "lbfgs")
+DEFAULT_AUG_COPIES = 3
+"""Augmented views per training image that `fast` / `stages` cache unless told otherwise.
+
+Three keeps extraction at 3 forward passes per training image (the protocol makes 100), a
+>= 20x saving with the validation pass included; `benchmarks/linear_fast_vs_protocol.py`
+measures how close the result stays to the protocol's."""
+LBFGS_WEIGHT_DECAYS = tuple(10.0 ** e for e in range(-6, 3))  # on standardised features
+
+
+@dataclass
+class LinearConfig:
+    mode: str = "protocol"
+    epochs: int = 100
+    batch_size: int = 256  # global
+    lr: float = 30.0
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    milestones: tuple[int, ...] = (60, 80)
+    image_size: int = 224  # crop; validation resizes to image_size * 256 / 224 first
+    workers: int = 8
+    seed: int = 0
+    # fast / stages: augmented views of each training image to cache; -1 picks the mode's default
+    # (DEFAULT_AUG_COPIES for fast and stages, none otherwise).
+    aug_copies: int = -1
+    fast_head: str = "sgd"  # fast / stages: "sgd" (the protocol's head and schedule) or "lbfgs"
+    lbfgs_weight_decays: tuple[float, ...] = LBFGS_WEIGHT_DECAYS  # the L2 sweep of the lbfgs head
+    holdout_fraction: float = 0.2  # lbfgs: training images held out to choose the weight decay
+    lbfgs_max_iter: int = 500
+    cache_dtype: str = "float32"  # or float16
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+
+    def __post_init__(self) -> None:
+        if self.aug_copies == -1:
+            self.aug_copies = DEFAULT_AUG_COPIES if self.mode in ("fast", "stages") else 0
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise UserError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.fast_head not in FAST_HEADS:
+            raise UserError(f"unknown --fast-head {self.fast_head!r}; choose one of {', '.join(FAST_HEADS)}")
+        if self.cache_dtype not in ("float32", "float16"):
+            raise UserError(f"--cache-dtype must be float32 or float16, got {self.cache_dtype!r}")
+        for name in ("epochs", "batch_size", "image_size", "knn_k", "lbfgs_max_iter"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.aug_copies < 0:
+            raise UserError(f"--aug-copies must be 0 or more, got {self.aug_copies}")
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise UserError(f"the held-out fraction must be in (0, 1), got {self.holdout_fraction}")
+        if not self.lbfgs_weight_decays or min(self.lbfgs_weight_decays) < 0:
+            raise UserError("the lbfgs weight-decay sweep needs at least one value, none negative")
+
+    def train_copies(self) -> list[int]:
+        """Which cached views of the training set this job uses: 0 is the centre crop (the
+        validation transform), 1..aug_copies are passes of the protocol's training augmentation."""
+        augmented = [] if self.mode == "knn" else list(range(1, self.aug_copies + 1))
+        # The sgd head, like the protocol, never trains on centre crops once augmented views
+        # exist; the lbfgs head scores its held-out images on centre crops, as validation does.
+        center = [0] if not augmented or self.fast_head == "lbfgs" else []
+        return center + augmented
+
+
+def preset_config(mode: str, **overrides: Any) -> LinearConfig:
+    cfg = replace(LinearConfig(mode=mode), **{k: v for k, v in overrides.items() if v is not None})
+    if "milestones" not in overrides and cfg.epochs != 100:
+        # Keep the protocol's shape (decay at 60% and 80% of training) for shorter schedules.
+        cfg = replace(cfg, milestones=(math.ceil(cfg.epochs * 0.6), math.ceil(cfg.epochs * 0.8)))
+    cfg.validate()
+    return cfg
