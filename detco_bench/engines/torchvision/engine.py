@@ -64,9 +64,10 @@ def _worker(plan_dict: dict[str, Any], local_rank: int | None = None, dist_url: 
 
 def _spawned(local_rank: int, plan_dict: dict[str, Any], dist_url: str) -> None:
     """Entry point of a process spawned by `run` (``--gpus N``)."""
-    if plan_dict.get("device") == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+    options = plan_dict["options"]
+    if options.get("device") == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Several CPU processes on one machine: share the cores (torchrun sets OMP_NUM_THREADS=1).
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(plan_dict.get("gpus", 1)))))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(options.get("gpus") or 1))))
     _worker(plan_dict, local_rank, dist_url)
 
 
