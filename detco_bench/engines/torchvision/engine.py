@@ -13,8 +13,9 @@ BN (NORM "SyncBN" in the config) becomes torch's SyncBatchNorm when several GPU 
 one process, or on CPU, it is plain BatchNorm (the plan already turns SyncBN into BN for
 ``--device cpu``).
 
-Each process runs `_worker`: `setup.setup_job` (config, seed, data, model), `train.run.train`,
-`evaluate.run.evaluate`, then rank 0 writes the record.
+Each process runs `_worker`: `setup.setup_job` (config, seed, data, model), `train.run.train`
+(which also evaluates every TEST.EVAL_PERIOD iterations), `evaluate.run.evaluate`, then rank 0
+writes the record with the final evaluation's metrics.
 
 The output folder (``--out``) gets ``log.txt``, ``metrics.jsonl``, ``tb/`` (TensorBoard),
 ``model_<iter>.pth`` every SOLVER.CHECKPOINT_PERIOD iterations, ``model_final.pth``,
@@ -37,7 +38,7 @@ from detco_bench.engines.torchvision import distributed
 from detco_bench.engines.torchvision.evaluate.dataset import finite
 from detco_bench.engines.torchvision.evaluate.run import evaluate
 from detco_bench.engines.torchvision.setup import setup_job
-from detco_bench.engines.torchvision.train.run import train
+from detco_bench.engines.torchvision.train.run import log_final_evaluation, train
 from detco_bench.transfer.outcome import finish_run
 from detco_bench.transfer.plan import TransferPlan
 
@@ -50,11 +51,15 @@ def _worker(plan_dict: dict[str, Any], local_rank: int | None = None, dist_url: 
     group = distributed.join(plan, local_rank, dist_url)
     try:
         job = setup_job(plan, group)
-        train(job)
-        metrics = evaluate(job)
+
+        def evaluate_now() -> dict[str, float]:
+            return finite(evaluate(job))
+
+        train(job, evaluate_now)  # TEST.EVAL_PERIOD > 0: evaluations on the way, in metrics.jsonl
+        metrics = evaluate_now()
+        log_final_evaluation(job, metrics)
         if group.rank != 0:
             return None
-        metrics = finite(metrics)
         shown = [k for k in plan.metrics if k in metrics]
         job.log("metrics: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in shown or sorted(metrics)), echo=True)
         return str(finish_run(plan, metrics, time.monotonic() - t0))

@@ -9,7 +9,8 @@ as Detectron2 reads them), VOC xml (`voc`; xmin/ymin - 1, Detectron2's conventio
 through `detco_bench.datasets` (official instanceIds / labelTrainIds files, cityscapesScripts
 labels).
 
-* `images`: reading images, decoding masks, Detectron2's ResizeShortestEdge size rule.
+* `images`: reading images, decoding and resizing masks, Detectron2's ResizeShortestEdge size rule.
+* `polygons`: instance polygons moved with the augmentation and packed into the target dict.
 * `datasets`: `TrainDataset` (Detectron2's training augmentation on tv_tensors) and `TestDataset`.
 * `batching`: `TrainBatches` (Detectron2's TrainingSampler + AspectRatioGroupedDataset), the
   data loaders, test-set shards.

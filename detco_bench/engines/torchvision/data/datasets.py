@@ -20,7 +20,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from detco_bench.engines.torchvision.data.images import annotation_mask, read_image, shortest_edge_size
+from detco_bench.engines.torchvision.data.images import annotation_mask, read_image, resize_mask, shortest_edge_size
+from detco_bench.engines.torchvision.data.polygons import Polygons, as_polygons, pack_polygons, transform_polygons
 from detco_bench.engines.torchvision.data.records import DatasetMeta, Record
 from detco_bench.engines.torchvision.settings import Settings
 
@@ -42,7 +43,9 @@ class TrainDataset(Dataset):
     """Training samples: ``dataset[(index, seed)] -> (image float [3, H, W] in [0, 1], target)``.
 
     Detection targets: ``boxes`` float [N, 4] XYXY, ``labels`` int64 (+ label_offset), ``masks``
-    uint8 [N, H, W] (mask_on), ``keypoints`` float [N, K, 3] (x, y, visibility; keypoint_on).
+    uint8 [N, H, W] and (INPUT.MASK_FORMAT "polygon") the packed polygons ``polygon_xy`` /
+    ``polygon_sizes`` / ``polygon_owner`` (mask_on; `_instance_masks`), ``keypoints`` float
+    [N, K, 3] (x, y, visibility; keypoint_on).
     Semantic targets: int64 [H, W] train ids (IGNORE_VALUE where unlabeled).
     """
     def __init__(
@@ -72,6 +75,9 @@ class TrainDataset(Dataset):
             raise ValueError(f"INPUT.MIN_SIZE_TRAIN with range sampling needs 2 values, got {self.min_sizes}")
         self.max_size = int(s["INPUT.MAX_SIZE_TRAIN"])
         self.flip = str(s["INPUT.RANDOM_FLIP"])
+        self.mask_format = str(s["INPUT.MASK_FORMAT"])
+        if self.mask_format not in ("polygon", "bitmask"):
+            raise ValueError(f"INPUT.MASK_FORMAT {self.mask_format!r}: polygon or bitmask")
         self.crop = bool(s["INPUT.CROP.ENABLED"])
         self.crop_type = str(s["INPUT.CROP.TYPE"])
         self.crop_size = [float(v) for v in s.list("INPUT.CROP.SIZE")]
@@ -126,11 +132,6 @@ class TrainDataset(Dataset):
             "image": tv_tensors.Image(image),
             "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
         }
-        if self.mask_on:
-            masks = np.stack([annotation_mask(a["segmentation"], h, w) for a in anns]) if anns else np.zeros(
-                (0, h, w), np.uint8
-            )
-            sample["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
         visibility = None
         if self.keypoint_on:
             k = len(self.meta.keypoint_names)
@@ -159,7 +160,9 @@ class TrainDataset(Dataset):
         keep = ((bxs[:, 2] - bxs[:, 0]) > 1e-5) & ((bxs[:, 3] - bxs[:, 1]) > 1e-5)
         target: dict[str, Tensor] = {"boxes": bxs[keep].float(), "labels": labels[keep]}
         if self.mask_on:
-            target["masks"] = sample["masks"].as_subclass(Tensor)[keep].to(torch.uint8)
+            kept = [a for a, k in zip(anns, keep.tolist(), strict=True) if k]
+            flipped = self.flip if flip is not None else None
+            target.update(self._instance_masks(kept, (h, w), (int(out_h), int(out_w)), flipped))
         if self.keypoint_on and visibility is not None:
             xy = sample["keypoints"].as_subclass(Tensor)
             inside = (xy[..., 0] >= 0) & (xy[..., 1] >= 0) & (xy[..., 0] <= out_w) & (xy[..., 1] <= out_h)
@@ -168,6 +171,35 @@ class TrainDataset(Dataset):
             target["keypoints"] = torch.cat([xy, vis.unsqueeze(-1)], dim=-1)[keep].float()
         img = sample["image"].as_subclass(Tensor).float().div_(255.0)
         return img, target
+
+    def _instance_masks(
+        self, anns: list[dict[str, Any]], in_size: tuple[int, int], out_size: tuple[int, int], flip: str | None
+    ) -> dict[str, Tensor]:
+        """The masks of the kept instances after the resize to `out_size` and the flip, as Detectron2
+        transforms them: polygons are moved, RLE masks decoded and resized (nearest). ``masks``: uint8
+        [N, H', W'] full-image masks (polygons rasterised at the output size); with INPUT.MASK_FORMAT
+        "polygon" also the packed polygons (`polygons.pack_polygons`), which the model rasterises per
+        RoI, as Detectron2's PolygonMasks does."""
+        (h, w), (oh, ow) = in_size, out_size
+        scale = (ow / w, oh / h)
+        masks: list[np.ndarray] = []
+        polygons: list[Polygons | None] = []
+        for a in anns:
+            segm = a["segmentation"]
+            if isinstance(segm, list):
+                moved = transform_polygons(as_polygons(segm), scale, flip, out_size)
+                masks.append(annotation_mask(moved, oh, ow))
+                polygons.append(moved)
+                continue
+            mask = resize_mask(annotation_mask(segm, h, w), out_size)
+            if flip is not None:
+                mask = np.ascontiguousarray(np.flip(mask, axis=1 if flip == "horizontal" else 0))
+            masks.append(mask)
+            polygons.append(None)
+        out = {"masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, oh, ow), dtype=torch.uint8)}
+        if self.mask_format == "polygon":
+            out.update(pack_polygons(polygons))
+        return out
 
     def _crop_size(self, g: torch.Generator, h: int, w: int) -> tuple[int, int]:
         t, cs = self.crop_type, self.crop_size

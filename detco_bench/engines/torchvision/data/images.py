@@ -1,4 +1,4 @@
-"""Images and their pixel-level targets: reading, mask decoding, Detectron2's resize rule."""
+"""Images and their pixel-level targets: reading, mask decoding and resizing, Detectron2's resize rule."""
 
 from __future__ import annotations
 
@@ -50,3 +50,11 @@ def annotation_mask(segm: Any, h: int, w: int) -> np.ndarray:
         if isinstance(rle.get("counts"), str):
             rle["counts"] = rle["counts"].encode("ascii")
     return mask_util.decode(rle).astype(np.uint8)
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 [H, W] -> uint8 `size` (H', W'), PIL's nearest-neighbour resize (what Detectron2 applies to
+    bitmasks; torch's "nearest" samples half a pixel off)."""
+    if mask.shape == tuple(size):
+        return mask
+    return np.asarray(Image.fromarray(mask).resize((size[1], size[0]), resample=Image.NEAREST), dtype=np.uint8)

@@ -18,9 +18,12 @@ Every model takes a list of float RGB (or BGR, per INPUT.FORMAT) images [3, H, W
 PIXEL_MEAN / PIXEL_STD (0-255 units) are divided by 255. Training images arrive already resized by
 the data pipeline; at test time the models resize to MIN_SIZE_TEST / MAX_SIZE_TEST themselves
 (Detectron2's ResizeShortestEdge rule) and return predictions in the input image's coordinates.
-The Detectron2-style pieces are small subclasses: `transform` (resizing), `rpn` (anchors, RPN loss
-normalisation), `poolers` (RoIAlign with aligned=True and Detectron2's level assignment),
-`roi_heads` (L1 box losses with SMOOTH_L1_BETA, Res5ROIHeads' shared res5, initialisations);
+The Detectron2-style pieces are small subclasses: `transform` (resizing), `anchors` (Detectron2's
+DefaultAnchorGenerator: nominal strides, float sizes, size-major order, OFFSET), `box_coder`
+(float32 decoding), `rpn` (RPN loss normalisation), `poolers` (RoIAlign with aligned=True and
+Detectron2's level assignment), `roi_heads` (L1 box losses with SMOOTH_L1_BETA, keypoint RoIs with
+a visible keypoint, Res5ROIHeads' shared res5, initialisations), `mask_targets` (GT masks cropped
+and rasterised per RoI), `retinanet` (focal / smooth-L1 loss over an EMA of the foreground count);
 `layers` and `backbones` hold the norms and the ResNet / FPN trunks. docs/torchvision_engine.md
 lists what still differs.
 """

@@ -6,11 +6,12 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
+from detco_bench.engines.torchvision.models.anchors import anchor_generator
 from detco_bench.engines.torchvision.models.backbones import C4Trunk, resnet_from_settings, stage_channels
 from detco_bench.engines.torchvision.models.layers import NormFactory, norm_factory
 from detco_bench.engines.torchvision.models.poolers import D2RoIPooler
 from detco_bench.engines.torchvision.models.roi_heads import D2RoIHeads, box_predictor, mask_predictor, roi_heads_kwargs
-from detco_bench.engines.torchvision.models.rpn import anchor_generator, rpn_from_settings
+from detco_bench.engines.torchvision.models.rpn import rpn_from_settings
 from detco_bench.engines.torchvision.models.transform import transform_from_settings
 from detco_bench.engines.torchvision.settings import Settings
 
@@ -34,7 +35,7 @@ def build_c4(s: Settings, arch: str, state: dict[str, Tensor] | None, num_classe
     res4 with one anchor level, and Res5ROIHeads (RoIAlign at stride 16 -> res5 + extra norm)."""
     resnet = resnet_from_settings(s, arch, state)
     trunk = C4Trunk(resnet)
-    anchors = anchor_generator(s, 1)
+    anchors = anchor_generator(s, [16])
     rpn = rpn_from_settings(s, trunk.out_channels, anchors)
     res5_channels = stage_channels(resnet)[3]
     res5 = Res5Head(resnet.layer4, res5_channels, norm_factory(str(s["MODEL.RESNETS.NORM"])))

@@ -11,11 +11,12 @@ from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, Keypoi
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from detco_bench.engines.torchvision.models.anchors import anchor_generator
 from detco_bench.engines.torchvision.models.backbones import fpn_backbone, resnet_from_settings
 from detco_bench.engines.torchvision.models.layers import c2_msra_fill, c2_xavier_fill
 from detco_bench.engines.torchvision.models.poolers import D2RoIPooler
 from detco_bench.engines.torchvision.models.roi_heads import D2RoIHeads, box_predictor, mask_predictor, roi_heads_kwargs
-from detco_bench.engines.torchvision.models.rpn import anchor_generator, rpn_from_settings
+from detco_bench.engines.torchvision.models.rpn import rpn_from_settings
 from detco_bench.engines.torchvision.models.transform import transform_from_settings
 from detco_bench.engines.torchvision.settings import Settings
 
@@ -32,7 +33,7 @@ def build_fpn_rcnn(
     anchors per level, the 2-FC box head, the 4-conv mask head, the keypoint head (CONV_DIMS)."""
     resnet = resnet_from_settings(s, arch, state)
     backbone = fpn_backbone(resnet, s, [1, 2, 3, 4], LastLevelMaxPool())
-    anchors = anchor_generator(s, 5)
+    anchors = anchor_generator(s, [4, 8, 16, 32, 64])
     rpn = rpn_from_settings(s, backbone.out_channels, anchors)
     names, strides = ["0", "1", "2", "3"], [4, 8, 16, 32]
     res = s.int("MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION")

@@ -1,5 +1,5 @@
-"""RoI heads with Detectron2's box loss and Res5ROIHeads' shared res5, and the predictors with
-Detectron2's initialisations."""
+"""RoI heads with Detectron2's box loss, mask targets (`mask_targets`), keypoint RoIs and
+Res5ROIHeads' shared res5, and the predictors with Detectron2's initialisations."""
 
 from __future__ import annotations
 
@@ -15,21 +15,48 @@ from torchvision.models.detection.roi_heads import (
     keypointrcnn_inference,
     keypointrcnn_loss,
     maskrcnn_inference,
-    maskrcnn_loss,
 )
 
+from detco_bench.engines.torchvision.models.box_coder import D2BoxCoder
 from detco_bench.engines.torchvision.models.layers import c2_msra_fill
+from detco_bench.engines.torchvision.models.mask_targets import mask_loss
 from detco_bench.engines.torchvision.settings import Settings
 
 
+def visible_keypoint_proposals(
+    proposals: list[Tensor], matched: list[Tensor], gt_keypoints: list[Tensor]
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Detectron2's select_proposals_with_visible_keypoints: per image, of the foreground proposals
+    [R_i, 4] (matched to GT indices [R_i]), those whose GT has a keypoint of visibility >= 1 inside
+    the box (borders included). gt_keypoints: per image [G_i, K, 3]."""
+    kept_props, kept_matched = [], []
+    for props, idx, kps in zip(proposals, matched, gt_keypoints, strict=True):
+        if len(props) == 0:
+            kept_props.append(props)
+            kept_matched.append(idx)
+            continue
+        kp = kps[idx]  # [R, K, 3]
+        x, y = kp[..., 0], kp[..., 1]
+        inside = (
+            (x >= props[:, None, 0]) & (x <= props[:, None, 2]) & (y >= props[:, None, 1]) & (y <= props[:, None, 3])
+        )
+        keep = torch.where((inside & (kp[..., 2] >= 1)).any(dim=1))[0]
+        kept_props.append(props[keep])
+        kept_matched.append(idx[keep])
+    return kept_props, kept_matched
+
+
 class D2RoIHeads(RoIHeads):
-    """torchvision's RoIHeads with Detectron2's box loss (smooth-L1 with SMOOTH_L1_BETA, 0 = L1) and,
+    """torchvision's RoIHeads with Detectron2's box loss (smooth-L1 with SMOOTH_L1_BETA, 0 = L1), mask
+    targets (`mask_targets.mask_loss`: polygons rasterised per RoI, or aligned RoIAlign of the
+    bitmask >= 0.5) and keypoint RoIs (only foreground proposals with a visible keypoint inside) and,
     with ``shared_res5``, Detectron2's Res5ROIHeads: the box head returns the res5 feature map, the
     box predictor sees its spatial mean, and the mask branch of training reuses the res5 features of
     the foreground RoIs (at test time res5 runs again on the detected boxes)."""
 
     def __init__(self, *args: Any, box_smooth_l1_beta: float = 0.0, shared_res5: bool = False, **kw: Any) -> None:
         super().__init__(*args, **kw)
+        self.box_coder = D2BoxCoder(self.box_coder.weights)
         self.box_smooth_l1_beta = float(box_smooth_l1_beta)
         self.shared_res5 = shared_res5
 
@@ -64,7 +91,8 @@ class D2RoIHeads(RoIHeads):
         targets: list[dict[str, Tensor]] | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         """features: backbone maps by name; proposals: per image [R_i, 4] XYXY; targets (training):
-        per image ``boxes`` [G, 4], ``labels`` [G], ``masks`` [G, H, W], ``keypoints`` [G, K, 3].
+        per image ``boxes`` [G, 4], ``labels`` [G], ``masks`` [G, H, W] (and the packed polygons of
+        `data.polygons`), ``keypoints`` [G, K, 3].
 
         Returns (detections, losses). Eval: per image ``boxes`` [D, 4], ``labels`` [D], ``scores``
         [D], ``masks`` [D, 1, H, W] probabilities, ``keypoints`` [D, K, 3] and
@@ -107,13 +135,7 @@ class D2RoIHeads(RoIHeads):
                 else:
                     mask_features = self.mask_head(self.mask_roi_pool(features, fg_proposals, image_shapes))
                 mask_logits = self.mask_predictor(mask_features)
-                losses["loss_mask"] = maskrcnn_loss(
-                    mask_logits,
-                    fg_proposals,
-                    [t["masks"] for t in targets],
-                    [t["labels"] for t in targets],
-                    fg_matched,
-                )
+                losses["loss_mask"] = mask_loss(mask_logits, fg_proposals, targets, fg_matched)
             else:
                 det_boxes = [r["boxes"] for r in result]
                 if self.shared_res5:
@@ -125,14 +147,16 @@ class D2RoIHeads(RoIHeads):
                     r["masks"] = prob
 
         if self.has_keypoint():
-            kp_boxes = fg_proposals if self.training else [r["boxes"] for r in result]
+            if self.training:
+                assert targets is not None
+                gt_keypoints = [t["keypoints"] for t in targets]
+                kp_boxes, kp_matched = visible_keypoint_proposals(fg_proposals, fg_matched, gt_keypoints)
+            else:
+                kp_boxes = [r["boxes"] for r in result]
             kp_features = self.keypoint_head(self.keypoint_roi_pool(features, kp_boxes, image_shapes))
             kp_logits = self.keypoint_predictor(kp_features)
             if self.training:
-                assert targets is not None
-                losses["loss_keypoint"] = keypointrcnn_loss(
-                    kp_logits, fg_proposals, [t["keypoints"] for t in targets], fg_matched
-                )
+                losses["loss_keypoint"] = keypointrcnn_loss(kp_logits, kp_boxes, gt_keypoints, kp_matched)
             else:
                 probs, kp_scores = keypointrcnn_inference(kp_logits, kp_boxes)
                 for prob, sc, r in zip(probs, kp_scores, result, strict=True):

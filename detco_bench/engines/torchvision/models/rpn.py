@@ -1,13 +1,14 @@
-"""The region proposal network with Detectron2's loss, and the anchors of the config."""
+"""The region proposal network with Detectron2's loss."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 
+from detco_bench.engines.torchvision.models.anchors import D2AnchorGenerator
+from detco_bench.engines.torchvision.models.box_coder import D2BoxCoder
 from detco_bench.engines.torchvision.settings import Settings
 
 
@@ -42,7 +43,7 @@ class D2RPN(RegionProposalNetwork):
         return objectness_loss, box_loss
 
 
-def rpn_from_settings(s: Settings, in_channels: int, anchors: AnchorGenerator) -> D2RPN:
+def rpn_from_settings(s: Settings, in_channels: int, anchors: D2AnchorGenerator) -> D2RPN:
     """The RPN of the config (MODEL.RPN.*) on `in_channels` feature maps with `anchors`."""
     lo, hi = (float(v) for v in s.list("MODEL.RPN.IOU_THRESHOLDS"))
     rpn = D2RPN(
@@ -63,18 +64,6 @@ def rpn_from_settings(s: Settings, in_channels: int, anchors: AnchorGenerator) -
         nms_thresh=s.float("MODEL.RPN.NMS_THRESH"),
     )
     rpn.smooth_l1_beta = s.float("MODEL.RPN.SMOOTH_L1_BETA")
+    rpn.box_coder = D2BoxCoder(rpn.box_coder.weights)
     return rpn
 
-
-def anchor_generator(s: Settings, levels: int) -> AnchorGenerator:
-    """MODEL.ANCHOR_GENERATOR.SIZES / ASPECT_RATIOS for `levels` feature maps (a single entry is
-    broadcast to every level, as Detectron2 does)."""
-    sizes = [list(map(float, x)) for x in s.list("MODEL.ANCHOR_GENERATOR.SIZES")]
-    ratios = [list(map(float, x)) for x in s.list("MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS")]
-    if len(sizes) == 1 and levels > 1:  # detectron2 broadcasts a single entry to every level
-        sizes = sizes * levels
-    if len(ratios) == 1:
-        ratios = ratios * len(sizes)
-    if len(sizes) != levels:
-        raise ValueError(f"MODEL.ANCHOR_GENERATOR.SIZES has {len(sizes)} levels, the model has {levels}")
-    return AnchorGenerator(tuple(tuple(x) for x in sizes), tuple(tuple(r) for r in ratios))

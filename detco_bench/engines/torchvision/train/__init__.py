@@ -5,6 +5,8 @@
 * `checkpoint`: ``model_<iter:07d>.pth`` every CHECKPOINT_PERIOD iterations and ``model_final.pth``,
   named in ``last_checkpoint``; a resumed run continues at exactly the saved iteration.
 * `metrics_log`: ``metrics.jsonl`` and TensorBoard (``tb/``).
-* `loop`: the training loop (AMP, loss checks, logging, the `after_step` hook) and PreciseBN.
-* `run`: the training phase of a job (`train`): data, optimizer, resume, loop, final checkpoint.
+* `loop`: the training loop (AMP, loss checks, logging, TEST.EVAL_PERIOD evaluations, the
+  `after_step` hook) and PreciseBN.
+* `run`: the training phase of a job (`train`): data, optimizer, resume, loop, PreciseBN passes,
+  final checkpoint.
 """

@@ -2,15 +2,16 @@
 
 ``model_<iter:07d>.pth`` every CHECKPOINT_PERIOD iterations and ``model_final.pth``, written
 atomically by rank 0, named in ``last_checkpoint`` (the file detco-bench's transfer state looks
-for). A checkpoint holds the model, optimizer, grad scaler, the number of completed iterations and
-every rank's torch RNG state, so a resumed run continues at exactly the saved iteration with the
-same data order and augmentation.
+for). A checkpoint holds the model, optimizer, grad scaler, the number of completed iterations, every
+rank's torch RNG state and every rank's `RankState` modules (e.g. RetinaNet's loss-normaliser EMA),
+so a resumed run continues at exactly the saved iteration with the same data order, augmentation
+and loss scale.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -40,6 +41,26 @@ def _set_rng_state(state: dict[str, Any] | None) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+@runtime_checkable
+class RankState(Protocol):
+    """A module with per-process training state that is neither a parameter nor a buffer (so it
+    stays out of the state dict and differs between processes)."""
+
+    def rank_state(self) -> dict[str, float]: ...
+
+    def load_rank_state(self, state: dict[str, float]) -> None: ...
+
+
+def _module_states(model: nn.Module) -> dict[str, dict[str, float]]:
+    return {name: m.rank_state() for name, m in unwrap(model).named_modules() if isinstance(m, RankState)}
+
+
+def _load_module_states(model: nn.Module, states: dict[str, dict[str, float]]) -> None:
+    for name, m in unwrap(model).named_modules():
+        if isinstance(m, RankState) and name in states:
+            m.load_rank_state(states[name])
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -76,16 +97,18 @@ class Checkpointer:
     ) -> Path | None:
         """Write checkpoint `name` after `iteration` completed iterations and point ``last_checkpoint`` at
         it. Every rank must call it (the RNG states are gathered); returns the path on rank 0."""
-        rngs = gather_to_main(_rng_state())
+        per_rank = gather_to_main({"rng": _rng_state(), "modules": _module_states(model)})
         if self.rank != 0:
             return None
+        assert per_rank is not None
         data = {
             "format": CHECKPOINT_FORMAT,
             "iteration": int(iteration),
             "model": unwrap(model).state_dict(),
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": rngs,
+            "rng": [r["rng"] for r in per_rank],
+            "rank_state": [r["modules"] for r in per_rank],
             **self.meta,
         }
         path = self.out / name
@@ -96,9 +119,10 @@ class Checkpointer:
     def load(
         self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, scaler: Any
     ) -> int:
-        """Restore the model, optimizer and scaler from `path`; returns the number of completed
-        iterations. The RNG state is restored by `restore_rng`, called right before the first
-        iteration (building the data loader's iterator draws from the global RNG)."""
+        """Restore the model, optimizer, scaler and this rank's `RankState` modules from `path`;
+        returns the number of completed iterations. The RNG state is restored by `restore_rng`,
+        called right before the first iteration (building the data loader's iterator draws from the
+        global RNG)."""
         data = torch.load(path, map_location="cpu", weights_only=True)
         if data.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path}: not a torchvision-engine checkpoint (format {data.get('format')!r})")
@@ -109,6 +133,9 @@ class Checkpointer:
             scaler.load_state_dict(data["scaler"])
         rngs = data.get("rng") or []
         self._pending_rng = rngs[self.rank] if self.rank < len(rngs) else None
+        states = data.get("rank_state") or []
+        if self.rank < len(states):
+            _load_module_states(model, states[self.rank])
         return int(data["iteration"])
 
     def restore_rng(self) -> None:

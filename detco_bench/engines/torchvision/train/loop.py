@@ -1,14 +1,17 @@
 """The training loop of the torchvision engine, and PreciseBN.
 
 * `train_loop`: AMP (fp16 + GradScaler on CUDA, bf16 on CPU), progress, metrics.jsonl and
-  TensorBoard with every loss term and the lr; stops on a non-finite loss.
+  TensorBoard with every loss term and the lr; stops on a non-finite loss; `PeriodicEval`
+  (TEST.EVAL_PERIOD).
 * `precise_bn`: TEST.PRECISE_BN (recompute BN statistics over NUM_ITER training batches).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -46,6 +49,27 @@ def _to_device(images: list[torch.Tensor], targets: list[Any], device: torch.dev
     return images, moved
 
 
+@dataclass
+class PeriodicEval:
+    """TEST.EVAL_PERIOD as Detectron2's hooks run it: after every `period`-th iteration except the
+    last (the final evaluation covers that), `refresh_bn` (PreciseBN, when enabled) before that
+    iteration's checkpoint, then `evaluate`. Both run with the RNG state put back afterwards, so an
+    evaluation never changes the training that follows (and a resumed run stays exact)."""
+
+    period: int
+    evaluate: Callable[[int], None]
+    refresh_bn: Callable[[], None] | None = None
+
+    def due(self, done: int, max_iter: int) -> bool:
+        """Whether the iteration that completed `done` iterations ends with an evaluation."""
+        return self.period > 0 and done % self.period == 0 and done < max_iter
+
+
+def rng_neutral(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context that restores the torch RNG state of the CPU (and of `device`) on exit."""
+    return torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
+
+
 def amp_settings(enabled: bool, device: torch.device) -> tuple[torch.dtype | None, Any]:
     """(autocast dtype or None, GradScaler or None): fp16 + loss scaling on CUDA, bf16 on CPU."""
     if not enabled:
@@ -69,8 +93,10 @@ def train_loop(
     scaler: Any = None,
     progress: Any = None,
     logger: Callable[[str], None] = print,
+    periodic: PeriodicEval | None = None,
 ) -> None:
-    """Train from `start_iter` to SOLVER.MAX_ITER (exclusive end), checkpointing on the way."""
+    """Train from `start_iter` to SOLVER.MAX_ITER (exclusive end), checkpointing (and evaluating,
+    with `periodic`) on the way."""
     max_iter = s.int("SOLVER.MAX_ITER")
     base_lr = s.float("SOLVER.BASE_LR")
     period = s.int("SOLVER.CHECKPOINT_PERIOD")
@@ -112,8 +138,16 @@ def train_loop(
         t_last = now
         if progress is not None:
             progress(done, values["total_loss"], lr)
+        evaluate = periodic is not None and periodic.due(done, max_iter)
+        if evaluate and periodic.refresh_bn is not None:
+            with rng_neutral(device):
+                periodic.refresh_bn()
         if period > 0 and done % period == 0 and done < max_iter:
             checkpointer.save(f"model_{it:07d}.pth", model, optimizer, scaler, done)
+        if evaluate:
+            with rng_neutral(device):
+                periodic.evaluate(done)
+            model.train()
         if after_step is not None:
             after_step(done, values)
 

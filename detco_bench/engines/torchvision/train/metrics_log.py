@@ -18,14 +18,28 @@ METRICS_FILE = "metrics.jsonl"
 
 
 class MetricsLog:
-    """metrics.jsonl + TensorBoard on rank 0 (no-ops elsewhere)."""
+    """metrics.jsonl + TensorBoard on rank 0 (no-ops elsewhere).
 
-    def __init__(self, out: Path, rank: int, start_iter: int, tensorboard: bool = True) -> None:
+    A training run opens it at `start_iter`, dropping what an interrupted attempt logged after that
+    iteration (or, from iteration 0, the old log); ``append=True`` only adds lines (the final
+    evaluation's metrics after training)."""
+
+    def __init__(self, out: Path, rank: int, start_iter: int, tensorboard: bool = True, append: bool = False) -> None:
         self.enabled = rank == 0
         self.path = out / METRICS_FILE
         self.tb: Any = None
         if not self.enabled:
             return
+        if not append:
+            self._restart(start_iter)
+        if tensorboard and SummaryWriter is not None:
+            try:
+                purge = start_iter if start_iter > 0 and not append else None
+                self.tb = SummaryWriter(str(out / "tb"), purge_step=purge)
+            except Exception:  # noqa: BLE001 - a broken tensorboard install: metrics.jsonl still works
+                self.tb = None
+
+    def _restart(self, start_iter: int) -> None:
         if start_iter > 0 and self.path.is_file():
             # Drop what an interrupted attempt logged after its last checkpoint.
             kept = []
@@ -38,11 +52,6 @@ class MetricsLog:
             atomic_write_text(self.path, "".join(k + "\n" for k in kept))
         elif start_iter == 0 and self.path.exists():
             self.path.unlink()
-        if tensorboard and SummaryWriter is not None:
-            try:
-                self.tb = SummaryWriter(str(out / "tb"), purge_step=start_iter if start_iter > 0 else None)
-            except Exception:  # noqa: BLE001 - a broken tensorboard install: metrics.jsonl still works
-                self.tb = None
 
     def write(self, step: int, values: dict[str, float]) -> None:
         """One metrics.jsonl line (and TensorBoard scalars, under ``train/`` unless named with a ``/``)."""
