@@ -240,6 +240,43 @@ def test_resume_continues_from_saved_iteration_bit_exactly(
 
 
 # --------------------------------------------------------------------------------------------
+# Evaluation only (--eval-weights)
+
+
+def test_eval_weights_reproduces_the_trained_models_metrics(world: dict[str, Path], tmp_path: Path) -> None:
+    """A fine-tuned model evaluated again with --eval-weights gives the training run's final
+    metrics exactly, trains nothing, and its record says it only evaluated."""
+    trained = run_transfer(make_plan(world, "coco_fpn_12k", "resnet18", tmp_path / "train"), log=lambda m: None)
+    reference = read_record(trained.record)
+    weights = tmp_path / "train" / "model_final.pth"
+    plan = make_plan(world, "coco_fpn_12k", "resnet18", tmp_path / "eval", eval_weights=weights)
+    assert plan.protocol["protocol"] == "adapted"
+    assert plan.protocol["differences"][0].startswith("evaluation only")
+    assert plan.protocol["eval_weights"]["path"] == str(weights.resolve())
+    record = read_record(run_transfer(plan, log=lambda m: None).record)
+    assert record["status"] == "success"
+    assert record["metrics"].keys() == reference["metrics"].keys()
+    for name, value in reference["metrics"].items():
+        assert record["metrics"][name] == pytest.approx(value, nan_ok=True), name
+    assert not (tmp_path / "eval" / "model_final.pth").exists()  # nothing was trained
+    assert "evaluation only" in (tmp_path / "eval" / "log.txt").read_text()
+    assert not (tmp_path / "eval" / "metrics.jsonl").exists() or "total_loss" not in (
+        tmp_path / "eval" / "metrics.jsonl"
+    ).read_text()
+
+
+def test_eval_weights_must_be_a_model_checkpoint(world: dict[str, Path], tmp_path: Path) -> None:
+    from detco_bench.errors import UserError
+
+    with pytest.raises(UserError, match="not found"):
+        make_plan(world, "coco_fpn_12k", "resnet18", tmp_path / "a", eval_weights=tmp_path / "missing.pth")
+    torch.save({"iteration": 3}, tmp_path / "no_model.pth")
+    with pytest.raises(UserError, match="not a model checkpoint"):
+        make_plan(world, "coco_fpn_12k", "resnet18", tmp_path / "b", eval_weights=tmp_path / "no_model.pth")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# --------------------------------------------------------------------------------------------
 # Evaluators on hand-made predictions
 
 

@@ -49,6 +49,10 @@ class TransferOptions:
         "Any checkpoint `detco-bench convert` accepts; converted and verified on the fly (cached by its sha256).",
         always=True)
     out: Path | None = option(None, "--out", "Output folder of the job (resumable).", always=True)
+    eval_weights: Path | None = option(
+        None, "--eval-weights",
+        "Evaluate this fine-tuned model instead of training: a model_final.pth written by either engine "
+        "(Detectron2's checkpointer or the torchvision engine); the record says so.", always=True)
     engine: str = option("auto", "--engine", "auto|detectron2|torchvision (auto: detectron2 when importable).",
                          always=True)
     device: str | None = option(None, "--device", "cpu|cuda (default cuda when available).", always=True)

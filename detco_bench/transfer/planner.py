@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from detco_bench.checkpoints import load_backbone, sha256_file
+from detco_bench.checkpoints import load_backbone, read_checkpoint, sha256_file
 from detco_bench.datasets import builtin_dataset, check_dataset, data_root, synthetic_manifest
 from detco_bench.engines import resolve_engine
 from detco_bench.errors import UserError
@@ -62,14 +62,30 @@ def record_label(task: TaskLabel | str, root: Path, *, custom: bool, opts: list[
     return str(label.with_opts(any(not key.startswith(NEUTRAL_OPTS) for key in keys)))
 
 
-def run_identity(label: str, engine: str, checkpoint_sha: str | None, cfg: dict[str, Any]) -> dict[str, Any]:
+def run_identity(label: str, engine: str, checkpoint_sha: str | None, cfg: dict[str, Any],
+                 eval_weights_sha: str | None = None) -> dict[str, Any]:
     """What makes two plans the same job (an output folder holds one job)."""
     core = copy.deepcopy(cfg)
     # Where the weights and outputs live, and how many loader workers this machine runs, are not the job.
     for key in ("MODEL.WEIGHTS", "OUTPUT_DIR", "DATALOADER.NUM_WORKERS"):
         if get_key(core, key, None) is not None:
             set_key(core, key, "")
-    return {"task": label, "engine": engine, "checkpoint_sha256": checkpoint_sha, "config_hash": config_hash(core)}
+    identity = {"task": label, "engine": engine, "checkpoint_sha256": checkpoint_sha, "config_hash": config_hash(core)}
+    if eval_weights_sha is not None:
+        identity["eval_weights_sha256"] = eval_weights_sha
+    return identity
+
+
+def eval_weights_spec(path: Path) -> dict[str, str]:
+    """The fine-tuned model of an ``--eval-weights`` run: path and sha256, after checking that it
+    loads safely and holds a model state dict (``{"model": {name: tensor}}`` or bare)."""
+    data = read_checkpoint(path)
+    state = data.get("model") if isinstance(data, dict) and isinstance(data.get("model"), dict) else data
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"--eval-weights {path}: not a model checkpoint (expected {{'model': state_dict}} "
+                        "or a state dict of tensors)")
+    resolved = path.expanduser().resolve()
+    return {"path": str(resolved), "sha256": sha256_file(resolved)}
 
 
 def _resolve_launch(options: TransferOptions, problems: list[str]) -> TransferOptions:
@@ -143,6 +159,7 @@ def plan_options(options: TransferOptions) -> TransferPlan:
     changes = ConfigChanges(cfg)
     ck_spec: CheckpointSpec | None = None
     weights: str | None = None
+    evaluated = eval_weights_spec(Path(options.eval_weights)) if options.eval_weights is not None else None
     if options.checkpoint is not None:
         ck_spec, arch = _checkpoint_spec(options)
         adapt_checkpoint(changes, task, arch)
@@ -177,7 +194,14 @@ def plan_options(options: TransferOptions) -> TransferPlan:
     fidelity = protocol_fidelity(
         effective_config(task, []), final, world_size=options.num_machines * options.gpus, scaling=scaling_info,
         adaptations=changes.items, opts_keys=opts_keys, variant=TaskLabel.parse(label).variant, subset=subset)
-    identity = run_identity(label, engine, ck_spec.sha256 if ck_spec else None, final)
+    if evaluated is not None:
+        fidelity["protocol"] = "adapted"
+        fidelity["differences"].insert(0, (
+            f"evaluation only: the fine-tuned model {evaluated['path']} (sha256 {evaluated['sha256'][:12]}) was "
+            "trained elsewhere; this record does not describe its training"))
+        fidelity["eval_weights"] = evaluated
+    identity = run_identity(label, engine, ck_spec.sha256 if ck_spec else None, final,
+                            evaluated["sha256"] if evaluated else None)
     state = folder_state(out, identity)
     state["identity"] = identity
     if state["status"] == "conflict" and not options.force:
@@ -189,7 +213,8 @@ def plan_options(options: TransferOptions) -> TransferPlan:
     resolved = options.replace(
         task=task.name, engine=engine, out=out, data_root_dir=root, subset=subset, subset_seed=subset_seed,
         results_dir=results.resolve(), seed=int(options.seed), opts=opts,
-        checkpoint=Path(ck_spec.path) if ck_spec else None)
+        checkpoint=Path(ck_spec.path) if ck_spec else None,
+        eval_weights=Path(evaluated["path"]) if evaluated else None)
     return TransferPlan(
         options=resolved,
         task_label=label,

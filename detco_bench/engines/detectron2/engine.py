@@ -2,7 +2,8 @@
 
 Each process runs `_worker`: register the components and the plan's datasets, build the CfgNode,
 set up logging and seeds, train with `Trainer` (resuming from the output folder when the plan
-says so), and on global rank 0 write the record from the final evaluation.
+says so), and on global rank 0 write the record from the final evaluation. With ``--eval-weights``
+it evaluates a fine-tuned model of either engine instead of training.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import launch
 from detectron2.utils import comm
@@ -26,6 +28,7 @@ from detco_bench.engines.detectron2.datasets import register_datasets
 from detco_bench.engines.detectron2.evaluators import flatten_results
 from detco_bench.engines.detectron2.heads import register_components
 from detco_bench.engines.detectron2.trainer import Trainer
+from detco_bench.engines.torchvision.weights_map import checkpoint_engine, export_detectron2_checkpoint
 from detco_bench.transfer.outcome import finish_run
 from detco_bench.transfer.plan import TransferPlan
 
@@ -66,12 +69,15 @@ def _worker(plan_dict: dict[str, Any]) -> str | None:
     register_datasets(plan)
     cfg = build_cfg(plan)
     _setup(plan, cfg)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=plan.resume)
-    if trainer.start_iter:
-        logger.info("resuming from iteration %d", trainer.start_iter)
-    trainer.train()
-    results = getattr(trainer, "_last_eval_results", None)
+    if plan.eval_weights is not None:
+        results = _evaluate_only(plan, cfg)
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=plan.resume)
+        if trainer.start_iter:
+            logger.info("resuming from iteration %d", trainer.start_iter)
+        trainer.train()
+        results = getattr(trainer, "_last_eval_results", None)
     comm.synchronize()
     if not comm.is_main_process():
         return None
@@ -80,6 +86,22 @@ def _worker(plan_dict: dict[str, Any]) -> str | None:
     metrics = flatten_results(results)
     logger.info("metrics: %s", ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k in plan.metrics))
     return str(finish_run(plan, metrics, time.monotonic() - t0))
+
+
+def _evaluate_only(plan: TransferPlan, cfg: CfgNode) -> Any:
+    """``--eval-weights``: the fine-tuned model of either engine, evaluated without training. A
+    torchvision-engine checkpoint is first written in Detectron2's names (`weights_map`)."""
+    weights = str(plan.eval_weights)
+    if checkpoint_engine(weights) != "detectron2":
+        exported = Path(cfg.OUTPUT_DIR) / "eval_weights_detectron2.pth"
+        if comm.is_main_process():
+            export_detectron2_checkpoint(weights, exported, plan.family, plan.config)
+        comm.synchronize()
+        weights = str(exported)
+    logger.info("evaluation only: %s, no training", plan.eval_weights)
+    model = Trainer.build_model(cfg)
+    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).load(weights)
+    return Trainer.test(cfg, model)
 
 
 def _init_distributed_from_env(plan: TransferPlan) -> None:

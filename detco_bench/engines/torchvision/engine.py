@@ -15,7 +15,9 @@ one process, or on CPU, it is plain BatchNorm (the plan already turns SyncBN int
 
 Each process runs `_worker`: `setup.setup_job` (config, seed, data, model), `train.run.train`
 (which also evaluates every TEST.EVAL_PERIOD iterations), `evaluate.run.evaluate`, then rank 0
-writes the record with the final evaluation's metrics.
+writes the record with the final evaluation's metrics. With ``--eval-weights`` the model takes the
+weights of a fine-tuned checkpoint of either engine (`weights_map.load_engine_weights`) and is
+evaluated without training.
 
 The output folder (``--out``) gets ``log.txt``, ``metrics.jsonl``, ``tb/`` (TensorBoard),
 ``model_<iter>.pth`` every SOLVER.CHECKPOINT_PERIOD iterations, ``model_final.pth``,
@@ -39,6 +41,7 @@ from detco_bench.engines.torchvision.evaluate.dataset import finite
 from detco_bench.engines.torchvision.evaluate.run import evaluate
 from detco_bench.engines.torchvision.setup import setup_job
 from detco_bench.engines.torchvision.train.run import log_final_evaluation, train
+from detco_bench.engines.torchvision.weights_map import load_engine_weights
 from detco_bench.transfer.outcome import finish_run
 from detco_bench.transfer.plan import TransferPlan
 
@@ -55,7 +58,11 @@ def _worker(plan_dict: dict[str, Any], local_rank: int | None = None, dist_url: 
         def evaluate_now() -> dict[str, float]:
             return finite(evaluate(job))
 
-        train(job, evaluate_now)  # TEST.EVAL_PERIOD > 0: evaluations on the way, in metrics.jsonl
+        if plan.eval_weights is not None:  # evaluation only: a fine-tuned model of either engine
+            written_by = load_engine_weights(job.model, plan.eval_weights, plan.family, plan.config)
+            job.log(f"evaluation only: {plan.eval_weights} ({written_by} names), no training", echo=True)
+        else:
+            train(job, evaluate_now)  # TEST.EVAL_PERIOD > 0: evaluations on the way, in metrics.jsonl
         metrics = evaluate_now()
         log_final_evaluation(job, metrics)
         if group.rank != 0:
