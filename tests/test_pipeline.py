@@ -254,3 +254,51 @@ def test_changed_settings_are_refused_then_rerun_with_force(setup: tuple[Path, P
     assert again["jobs"]["linear_knn-s0"]["record"] != old_record
     assert read_record(again["jobs"]["linear_knn-s0"]["record"]).config["knn_k"] == 3
     assert list((tmp_path / "p" / "jobs").glob("linear_knn-s0.replaced-*")), "the old folder is kept aside"
+
+
+def test_baseline_jobs_are_tagged_at_the_source(tmp_path: Path) -> None:
+    from detco_bench.linear.flags import parse_linear_argv
+    from detco_bench.pipeline.baselines import Subject
+    from detco_bench.pipeline.jobs import transfer_options
+
+    cfg = PipelineConfig(checkpoint="ck.pth", suite="smoke", engine="torchvision", data_root="/d", linear_data="/l")
+    mine = Subject("mine", "/b/mine.pth", "mine")
+    transfer, linear = Job("transfer", "coco_fpn_1x", subject="mine"), Job("linear", "knn", subject="mine")
+    cmd = job_command(transfer, cfg, tmp_path, mine)
+    assert "--baseline" in cmd and cmd[cmd.index("--method") + 1] == "mine"
+    assert cmd[cmd.index("--checkpoint") + 1] == "/b/mine.pth"
+    assert cmd[cmd.index("--out") + 1] == str(tmp_path / "jobs" / "mine" / "coco_fpn_1x-s0")
+    lin = job_command(linear, cfg, tmp_path, mine)
+    assert "--baseline" in lin and parse_linear_argv(lin[lin.index("linear") + 1:])["baseline"] is True
+    # the evaluated checkpoint is no baseline
+    assert "--baseline" not in job_command(Job("transfer", "coco_fpn_1x"), cfg, tmp_path)
+    assert "--baseline" not in job_command(Job("linear", "knn"), cfg, tmp_path)
+    # what the pipeline validates is what the job runs (checkpoint, method and cache included)
+    options = transfer_options(transfer, cfg, tmp_path, mine)
+    assert [*cmd[cmd.index("transfer") + 1:]] == options.to_argv()
+    assert options.baseline and options.cache_dir == tmp_path / "weights" / "cache"
+
+
+def test_report_has_a_delta_against_every_baseline_run(setup: tuple[Path, Path], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--baselines random,mine:PATH,PATH``: each baseline's records are tagged, and the report
+    takes the evaluated checkpoint's delta against all three (a plain PATH keeps its checkpoint's
+    method, here "unknown" like the evaluated one's)."""
+    ck, data = setup
+    import detco_bench.pipeline as pipeline
+    from detco_bench.report import build_report
+
+    monkeypatch.setattr(pipeline.runner, "parse_suite",
+                        lambda s, n, subject="": [Job("linear", "knn", 0, LINEAR_FAST, subject)])
+    mine, plain = save_random_resnet(tmp_path / "mine.pth", seed=1), save_random_resnet(tmp_path / "plain.pth", seed=2)
+    cfg = _linear_suite(ck, data)
+    cfg.baselines = f"random,mine:{mine},{plain}"
+    state = run_pipeline(cfg, tmp_path / "p", log=lambda m: None)
+    assert all(job["status"] == "success" for job in state["jobs"].values()), state["jobs"]
+    tags = {name: read_record(job["record"]).checkpoint.baseline for name, job in state["jobs"].items()}
+    assert tags == {"linear_knn-s0": False, "random/linear_knn-s0": True, "mine/linear_knn-s0": True,
+                    "baseline3/linear_knn-s0": True}
+    report = build_report([tmp_path / "p" / "jobs"], reference=None)
+    evaluated = next(g for g in report.groups if not g.baseline)
+    against = {d.baseline.method for d in report.deltas if d.group is evaluated and d.metric == "knn_top1"}
+    assert against == {"random", "mine", "unknown"}

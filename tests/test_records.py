@@ -236,3 +236,18 @@ def test_settings_hash_and_rerun_order() -> None:
     early = make(provenance={**PROV, "finished_at": "2025-01-01T05:00:00+05:00"})  # 00:00 UTC
     late = make(provenance={**PROV, "finished_at": "2025-01-01T00:30:00+00:00"})
     assert early.finished_sort_key < late.finished_sort_key
+
+
+def test_baseline_tag_roundtrips_and_is_absent_otherwise(tmp_path: Path) -> None:
+    tagged = make(checkpoint=CheckpointInfo("/ck/sup.pth", "b" * 64, "supervised", 90, baseline=True))
+    assert tagged.to_dict()["checkpoint"]["baseline"] is True
+    assert read_record(write_record(tmp_path, tagged)).checkpoint.baseline is True
+    plain = make()
+    assert "baseline" not in plain.to_dict()["checkpoint"]  # records of evaluated checkpoints read as before
+    assert read_record(write_record(tmp_path, plain)).checkpoint.baseline is False
+
+
+def test_bad_baseline_tag_is_rejected(tmp_path: Path) -> None:
+    path = _bad(tmp_path, "baseline", lambda d: d["checkpoint"].update(baseline="yes"))
+    with pytest.raises(RecordError, match=re.escape("'checkpoint.baseline' must be bool, got str")):
+        read_record(path)

@@ -112,7 +112,9 @@ def test_deltas_in_outputs(store: Path, tmp_path: Path) -> None:
 
 
 def test_delta_plot_has_error_bars(store: Path) -> None:
-    from detco_bench.report.plots import delta_points, plot_deltas
+    from matplotlib.container import ErrorbarContainer
+
+    from detco_bench.report.plots import delta_points, deltas_figure, plot_deltas
 
     r = rep.build_report([store])
     points, paper, tasks = delta_points(r)
@@ -120,4 +122,11 @@ def test_delta_plot_has_error_bars(store: Path) -> None:
     assert detco.metric == "bbox/AP" and detco.stat is not None and detco.stat.tested
     assert paper[("DetCo 200ep [aaaaaaaa] (detectron2)", "coco_fpn_1x")] == pytest.approx(0.6)
     assert plot_deltas(r)[:4] == b"\x89PNG"
+    # The tested delta is drawn with its 95% CI: one error bar, from low to high.
+    (ax,) = deltas_figure(r).axes
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 1
+    (segments,) = [lc.get_segments() for lc in bars[0].lines[2]]
+    (segment,) = segments
+    assert (segment[0][1], segment[1][1]) == (pytest.approx(detco.stat.low), pytest.approx(detco.stat.high))
 

@@ -16,31 +16,34 @@ Modes (all on an ImageFolder layout ROOT/train/<class>/*, ROOT/val/<class>/*):
 Modules: `config` (LinearConfig, presets), `data` (layout check, transforms), `backbone` (the
 frozen trunk, the frozen check), `head` (the protocol's head and schedule), `protocol`, `cache`
 (feature extraction), `fast` (heads on cached features), `knn`, `naming` (record task names) and
-`job` (`run_linear`). The names below are the package's public API.
+`job` (`run_linear`), `flags` (the ``detco-bench linear`` command line, defined once). The names
+below are the package's public API, resolved on first use: importing `detco_bench.linear.flags`
+(what the CLI does at start-up) does not import torch.
 """
 
-from detco_bench.linear.backbone import FrozenBackbone, check_frozen, fingerprint
-from detco_bench.linear.cache import CachedSplit, cache_splits, extract_features
-from detco_bench.linear.config import (
-    DEFAULT_AUG_COPIES,
-    FAST_HEADS,
-    LBFGS_WEIGHT_DECAYS,
-    MODES,
-    LinearConfig,
-    preset_config,
-)
-from detco_bench.linear.data import train_transform, val_transform, validate_imagefolder
-from detco_bench.linear.fast import evaluate_head, fit_lbfgs_head, holdout_mask, train_sgd_head
-from detco_bench.linear.head import epoch_lr, linear_head, topk_correct
-from detco_bench.linear.job import ENGINE, prepare_out, run_cached, run_linear
-from detco_bench.linear.knn import knn_classify
-from detco_bench.linear.naming import default_dataset_name, task_name
-from detco_bench.linear.protocol import STATE_NAME, run_protocol
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_AUG_COPIES", "ENGINE", "FAST_HEADS", "LBFGS_WEIGHT_DECAYS", "MODES", "STATE_NAME", "CachedSplit",
-    "FrozenBackbone", "LinearConfig", "cache_splits", "check_frozen", "default_dataset_name", "epoch_lr",
-    "evaluate_head", "extract_features", "fingerprint", "fit_lbfgs_head", "holdout_mask", "knn_classify",
-    "linear_head", "prepare_out", "preset_config", "run_cached", "run_linear", "run_protocol", "task_name",
-    "topk_correct", "train_sgd_head", "train_transform", "val_transform", "validate_imagefolder"
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "FrozenBackbone": "backbone", "check_frozen": "backbone", "fingerprint": "backbone",
+    "CachedSplit": "cache", "cache_splits": "cache", "extract_features": "cache",
+    "DEFAULT_AUG_COPIES": "config", "FAST_HEADS": "config", "LBFGS_WEIGHT_DECAYS": "config", "MODES": "config",
+    "LinearConfig": "config", "preset_config": "config",
+    "train_transform": "data", "val_transform": "data", "validate_imagefolder": "data",
+    "evaluate_head": "fast", "fit_lbfgs_head": "fast", "holdout_mask": "fast", "train_sgd_head": "fast",
+    "epoch_lr": "head", "linear_head": "head", "topk_correct": "head",
+    "ENGINE": "job", "prepare_out": "job", "run_cached": "job", "run_linear": "job",
+    "knn_classify": "knn",
+    "default_dataset_name": "naming", "task_name": "naming",
+    "STATE_NAME": "protocol", "run_protocol": "protocol",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -76,7 +76,8 @@ def prepare_out(out: Path, resume: bool) -> None:
 
 
 def run_linear(checkpoint: Path, data: Path, out: Path, cfg: LinearConfig, *, fmt: str = "auto",
-               method: str | None = None, dataset_name: str | None = None, resume: bool = False,
+               method: str | None = None, baseline: bool = False, dataset_name: str | None = None,
+               resume: bool = False,
                show_progress: bool = True, console: Console | None = None,
                before_check: Callable[[FrozenBackbone], None] | None = None) -> Path:
     """Run one linear-evaluation job; returns the path of its result record (in `out`).
@@ -122,7 +123,8 @@ def run_linear(checkpoint: Path, data: Path, out: Path, cfg: LinearConfig, *, fm
     record = ResultRecord.create(
         task=task_name(cfg.mode, dataset), engine=ENGINE, metrics=metrics,
         checkpoint=CheckpointInfo(str(checkpoint), sha, method or str(loaded.meta.get("method", "unknown")),
-                                  int(pretrain_epochs) if isinstance(pretrain_epochs, int) else None),
+                                  int(pretrain_epochs) if isinstance(pretrain_epochs, int) else None,
+                                  baseline),
         seed=cfg.seed, config=config,
         provenance=collect_provenance(_device_name(device), time.time() - t0, started),
         artifacts={"metrics_log": "metrics.jsonl" if cfg.mode == "protocol" else None, "output_dir": "."})

@@ -7,12 +7,13 @@ import sys
 from pathlib import Path
 
 from detco_bench.errors import UserError
+from detco_bench.linear.flags import linear_argv
 from detco_bench.pipeline.baselines import Subject
 from detco_bench.pipeline.config import PipelineConfig
 from detco_bench.pipeline.suites import Job
 from detco_bench.records import RecordError, read_record
 from detco_bench.transfer.options import SlurmSpec, TransferOptions
-from detco_bench.transfer.slurm import submit
+from detco_bench.transfer.slurm import submit_command
 from detco_bench.transfer.state import read_state
 
 
@@ -26,28 +27,42 @@ def weights_cache_dir(root: Path) -> Path:
     return root / "weights" / "cache"
 
 
+def _subject(cfg: PipelineConfig, subject: Subject | None) -> Subject:
+    """The checkpoint a job runs on: `subject`, else the pipeline's own."""
+    return subject or Subject("", cfg.checkpoint, cfg.method)
+
+
+def transfer_options(job: Job, cfg: PipelineConfig, root: Path, subject: Subject | None = None) -> TransferOptions:
+    """The options of a transfer job on `subject` (default: the pipeline's own checkpoint): what its
+    command line asks for, and what the pipeline plans to validate it before any job starts.
+    A baseline's records are tagged so (``--baseline``)."""
+    subject = _subject(cfg, subject)
+    return TransferOptions(
+        task=job.task, checkpoint=Path(subject.checkpoint), out=root / "jobs" / job.name, engine=cfg.engine,
+        seed=job.seed, results_dir=root / "records", cache_dir=weights_cache_dir(root),
+        data_root_dir=Path(cfg.data_root) if cfg.data_root else None, device=cfg.device, method=subject.method,
+        baseline=bool(subject.name), opts=[*job.opts, *cfg.extra_opts])
+
+
+def linear_args(job: Job, cfg: PipelineConfig, root: Path, subject: Subject | None = None) -> list[str]:
+    """The ``detco-bench linear`` arguments of a linear job on `subject` (default: the pipeline's
+    own checkpoint), resumable and without progress bars; also what the pipeline parses to
+    validate the job's flags before any job starts."""
+    if not cfg.linear_data:
+        raise UserError("linear probe jobs need --linear-data (an ImageFolder root)")
+    subject = _subject(cfg, subject)
+    # The original checkpoint (not its conversion), so every record of the suite carries its sha256.
+    return linear_argv(subject.checkpoint, cfg.linear_data, root / "jobs" / job.name, job.task, seed=job.seed,
+                       extra=(*job.opts, *cfg.linear_flags), method=subject.method, baseline=bool(subject.name),
+                       resume=True, progress=False)
+
+
 def job_command(job: Job, cfg: PipelineConfig, root: Path, subject: Subject | None = None) -> list[str]:
     """The `detco-bench` command line that runs `job` on `subject` (default: the pipeline's own
     checkpoint); also what a Slurm job executes."""
-    out = root / "jobs" / job.name
-    checkpoint = subject.checkpoint if subject else cfg.checkpoint
-    method = subject.method if subject else cfg.method
     if job.kind == "linear":
-        if not cfg.linear_data:
-            raise UserError("linear probe jobs need --linear-data (an ImageFolder root)")
-        # The original checkpoint (not its conversion), so every record of the suite carries its sha256.
-        cmd = [*cli(), "linear", "--checkpoint", checkpoint, "--data", cfg.linear_data, "--out", str(out),
-               "--mode", job.task, "--seed", str(job.seed), "--resume", "--no-progress", *job.opts,
-               *cfg.linear_flags]
-        if method:
-            cmd += ["--method", method]
-        return cmd
-    options = TransferOptions(
-        task=job.task, checkpoint=Path(checkpoint), out=out, engine=cfg.engine, seed=job.seed,
-        results_dir=root / "records", cache_dir=weights_cache_dir(root),
-        data_root_dir=Path(cfg.data_root) if cfg.data_root else None, device=cfg.device, method=method,
-        opts=[*job.opts, *cfg.extra_opts])
-    return [*cli(), "transfer", *options.to_argv()]
+        return [*cli(), "linear", *linear_args(job, cfg, root, subject)]
+    return [*cli(), "transfer", *transfer_options(job, cfg, root, subject).to_argv()]
 
 
 def successful_record(root: Path, job: Job) -> Path | None:
@@ -71,14 +86,9 @@ def successful_record(root: Path, job: Job) -> Path | None:
 
 
 def submit_job(job: Job, cfg: PipelineConfig, root: Path, subject: Subject | None = None) -> str:
-    """Submit one job's command line to Slurm through submitit; returns the job id."""
-    try:
-        import submitit
-    except ImportError:
-        raise UserError("--launcher slurm needs submitit (pip install submitit)") from None
-
+    """Submit one job's command line to Slurm (`transfer.slurm`, the one submitit path); returns
+    the job id."""
     spec = SlurmSpec(partition=cfg.slurm.get("partition"), time_min=int(cfg.slurm.get("time", 4320)),
                      cpus_per_task=int(cfg.slurm.get("cpus_per_task", 10)))
-    command = submitit.helpers.CommandFunction(job_command(job, cfg, root, subject))
-    return submit(command, root / "slurm" / job.name, name=f"detco-{job.name}", spec=spec,
-                  gpus_per_node=int(cfg.slurm.get("gpus_per_node", 1)))
+    return submit_command(job_command(job, cfg, root, subject), root / "slurm" / job.name, name=f"detco-{job.name}",
+                          spec=spec, gpus_per_node=int(cfg.slurm.get("gpus_per_node", 1)))

@@ -1,21 +1,17 @@
 """Everything a pipeline's jobs would refuse, refused before the first job starts, with the same
 parsers the jobs use: the suite, retries, the reference of ``--check``, each transfer job's plan
-(task, ``--opts``, datasets) and each linear job's flags."""
+(task, ``--opts``, datasets, the checkpoint) and each linear job's flags."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import typer
-import typer.main
-from typer.exceptions import TyperException
-
-from detco_bench.cli_linear import register as register_linear
 from detco_bench.errors import UserError
+from detco_bench.linear.flags import parse_linear_argv
 from detco_bench.pipeline.config import PipelineConfig
+from detco_bench.pipeline.jobs import linear_args, transfer_options
 from detco_bench.pipeline.suites import Job
 from detco_bench.reference import load_reference
-from detco_bench.transfer.options import TransferOptions
 from detco_bench.transfer.planner import plan_options
 
 
@@ -26,12 +22,8 @@ def check_reference(name: str | None) -> None:
 
 
 def _check_transfer(job: Job, cfg: PipelineConfig, root: Path) -> None:
-    options = TransferOptions(
-        task=job.task, out=root / "jobs" / job.name, engine=cfg.engine, seed=job.seed, device=cfg.device,
-        data_root_dir=Path(cfg.data_root) if cfg.data_root else None, results_dir=root / "records",
-        opts=[*job.opts, *cfg.extra_opts])
     try:
-        plan = plan_options(options)
+        plan = plan_options(transfer_options(job, cfg, root))
     except UserError as exc:
         raise UserError(f"job {job.name}: {exc}") from None
     # A folder of other settings is the runner's business (refused without --force); the rest
@@ -41,23 +33,11 @@ def _check_transfer(job: Job, cfg: PipelineConfig, root: Path) -> None:
         raise UserError(f"job {job.name}: {'; '.join(problems)}")
 
 
-def _linear_command() -> typer.core.TyperCommand:
-    """The ``detco-bench linear`` command itself, for its parser."""
-    app = typer.Typer()
-    register_linear(app, typer.Typer())
-    command = typer.main.get_command(app)
-    assert isinstance(command, typer.core.TyperCommand)
-    return command
-
-
-def _check_linear_flags(job: Job, cfg: PipelineConfig) -> None:
-    args = ["--checkpoint", cfg.checkpoint, "--data", str(cfg.linear_data), "--out", "x", "--mode", job.task,
-            *job.opts, *cfg.linear_flags]
+def _check_linear_flags(job: Job, cfg: PipelineConfig, root: Path) -> None:
     try:
-        _linear_command().make_context("linear", args)
-    except TyperException as exc:  # the parser's own error (bad value, unknown flag)
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        raise UserError(f"job {job.name}: --linear-flags: {' '.join(message.split())}") from None
+        parse_linear_argv(linear_args(job, cfg, root))
+    except UserError as exc:  # the parser's own error (bad value, unknown flag)
+        raise UserError(f"job {job.name}: --linear-flags: {exc}") from None
 
 
 def validate_jobs(cfg: PipelineConfig, jobs: list[Job], root: Path) -> None:
@@ -73,4 +53,4 @@ def validate_jobs(cfg: PipelineConfig, jobs: list[Job], root: Path) -> None:
         if job.kind == "transfer":
             _check_transfer(job, cfg, root)
         else:
-            _check_linear_flags(job, cfg)
+            _check_linear_flags(job, cfg, root)

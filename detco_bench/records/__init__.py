@@ -13,7 +13,8 @@ Schema (version 1)::
       "engine": str,                      # detectron2 | torchvision | builtin-linear | ...
       "metrics": {name: float},           # COCO-style names: bbox/AP, segm/AP50, sem_seg/mIoU, top1, ...
       "checkpoint": {"path": str|null, "sha256": str|null (64 hex), "method": str,
-                     "pretrain_epochs": int|null},   # path/sha256 null only for checkpoint-less runs
+                     "pretrain_epochs": int|null,    # path/sha256 null only for checkpoint-less runs
+                     "baseline": true},              # optional: an in-harness baseline (run --baselines)
       "seed": int,
       "config": {...},                    # the effective config (JSON)
       "config_hash": str,                 # == config_hash(config), checked on read
@@ -36,7 +37,8 @@ version); anything that changes the meaning of an existing field bumps ``schema_
 Modules: `schema` (constants, `RecordError`, validation), `identity` (run ids, config and file
 hashes), `provenance` (the provenance block), `record` (`ResultRecord`, `CheckpointInfo`) and
 `store` (the results store: write, read, scan), `settings` (the settings hash that groups the
-seeds of one measurement, the protocol fidelity of a transfer run) and `metrics` (complete metric
+seeds of one measurement, the comparison hash that pairs a method with a baseline, the protocol
+fidelity of a transfer run) and `metrics` (complete metric
 sets with NaN notes). Every public name is re-exported here, so
 ``from detco_bench.records import X`` is the one import callers need.
 """
@@ -54,7 +56,14 @@ from detco_bench.records.schema import (
     RecordExistsError,
     validate_record_dict,
 )
-from detco_bench.records.settings import protocol_of, settings_config, settings_hash
+from detco_bench.records.settings import (
+    comparison_config,
+    comparison_differences,
+    comparison_hash,
+    protocol_of,
+    settings_config,
+    settings_hash,
+)
 from detco_bench.records.store import (
     DEFAULT_RESULTS_DIR,
     RECORD_SUFFIX,
@@ -81,6 +90,9 @@ __all__ = [
     "ResultRecord",
     "canonical_config",
     "collect_provenance",
+    "comparison_config",
+    "comparison_differences",
+    "comparison_hash",
     "complete_metrics",
     "config_hash",
     "default_results_dir",

@@ -12,15 +12,20 @@ from typing import Any
 from detco_bench.records.identity import canonical_config, config_hash, new_run_id, sha256_file
 from detco_bench.records.provenance import utc_iso
 from detco_bench.records.schema import SCHEMA, SCHEMA_VERSION, RecordError, validate_record_dict
-from detco_bench.records.settings import protocol_of, settings_hash
+from detco_bench.records.settings import comparison_hash, protocol_of, settings_hash
 
 
 @dataclass
 class CheckpointInfo:
+    """The checkpoint a run evaluated. baseline: run as an in-harness baseline of a pipeline
+    (``detco-bench run --baselines``), so the report takes every method's delta against it
+    whatever its method label; written to the file only when true."""
+
     path: str | None
     sha256: str | None
     method: str
     pretrain_epochs: int | None = None
+    baseline: bool = False
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, method: str, pretrain_epochs: int | None) -> CheckpointInfo:
@@ -100,6 +105,8 @@ class ResultRecord:
                 "sha256": self.checkpoint.sha256,
                 "method": self.checkpoint.method,
                 "pretrain_epochs": self.checkpoint.pretrain_epochs,
+                # absent unless true, so the records of evaluated checkpoints read as before
+                **({"baseline": True} if self.checkpoint.baseline else {}),
             },
             "seed": self.seed,
             "config": copy.deepcopy(self.config),
@@ -125,7 +132,8 @@ class ResultRecord:
         return cls(
             run_id=data["run_id"], task=data["task"], engine=data["engine"],
             metrics={k: float(v) for k, v in data["metrics"].items()},
-            checkpoint=CheckpointInfo(ck["path"], ck["sha256"], ck["method"], ck["pretrain_epochs"]),
+            checkpoint=CheckpointInfo(ck["path"], ck["sha256"], ck["method"], ck["pretrain_epochs"],
+                                      bool(ck.get("baseline", False))),
             seed=data["seed"], config=data["config"], config_hash=data["config_hash"],
             provenance=data["provenance"], status=data["status"], error=data["error"],
             artifacts=data.get("artifacts"), notes=list(data.get("notes") or []),
@@ -137,6 +145,12 @@ class ResultRecord:
         """The hash of the config without seed, folders and paths (`records.settings`): equal
         for the seeds of one measurement."""
         return settings_hash(self.config)
+
+    @property
+    def comparison_hash(self) -> str:
+        """The settings hash without the checkpoint's own labels (`records.settings`): equal for
+        a method and a baseline whose delta compares checkpoints only."""
+        return comparison_hash(self.config)
 
     @property
     def protocol(self) -> dict[str, Any] | None:

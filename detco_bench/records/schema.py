@@ -109,6 +109,8 @@ def validate_record_dict(data: Any) -> None:
     if not _expect(_get(ck, "method", "checkpoint."), (str,), "checkpoint.method"):
         raise RecordError(None, "field 'checkpoint.method' is empty")
     _expect(_get(ck, "pretrain_epochs", "checkpoint."), (int,), "checkpoint.pretrain_epochs", nullable=True)
+    if not isinstance(ck.get("baseline", False), bool):  # optional: an in-harness baseline's tag
+        raise RecordError(None, f"field 'checkpoint.baseline' must be bool, got {_type_name(ck['baseline'])}")
 
     _expect(_get(data, "seed", ""), (int,), "seed")
     config = _expect(_get(data, "config", ""), (dict,), "config")

@@ -21,13 +21,13 @@ from detco_bench.report.grouping import Grouping, group_records, protocol_status
 from detco_bench.report.taxonomy import method_sort_key, metric_sort_key, task_sort_key
 
 RUN_COLUMNS = ["run_id", "group", "label", "method", "pretrain_epochs", "checkpoint_sha256",
-               "checkpoint_path", "task", "engine", "settings_hash", "protocol", "seed", "superseded",
-               "metric", "value"]
+               "checkpoint_path", "task", "engine", "settings_hash", "comparison_hash", "baseline", "protocol",
+               "seed", "superseded", "metric", "value"]
 PROVENANCE_COLUMNS = ["torch", "torchvision", "detectron2", "detco_bench", "git_commit", "config_hash",
                       "checkpoint_sha256", "device", "hostname", "wall_clock_s", "started_at",
                       "finished_at"]
 _META_COLUMNS = ["group", "label", "method", "pretrain_epochs", "checkpoint_sha256", "checkpoint_path",
-                 "task", "engine", "settings_hash", "protocol"]
+                 "task", "engine", "settings_hash", "comparison_hash", "baseline", "protocol"]
 SUMMARY_COLUMNS = [*_META_COLUMNS, "metric", "mean", "std", "n", "nan", "reruns_ignored"]
 
 
@@ -49,7 +49,8 @@ def runs_frame(records: Sequence[ResultRecord], grouping: Grouping | None = None
         row = {"run_id": r.run_id, "group": key, "label": grouping.label[key], "method": ck.method,
                "pretrain_epochs": ck.pretrain_epochs, "checkpoint_sha256": ck.sha256,
                "checkpoint_path": ck.path, "task": r.task, "engine": r.engine,
-               "settings_hash": grouping.settings[key], "protocol": protocol_status(r), "seed": r.seed,
+               "settings_hash": grouping.settings[key], "comparison_hash": grouping.comparison[key],
+               "baseline": grouping.baseline[key], "protocol": protocol_status(r), "seed": r.seed,
                "superseded": r.run_id in grouping.superseded}
         for c, v in row.items():
             cols[c].extend([v] * n)
@@ -59,6 +60,7 @@ def runs_frame(records: Sequence[ResultRecord], grouping: Grouping | None = None
     df["pretrain_epochs"] = pd.array(cols["pretrain_epochs"], dtype="Int64")
     df["value"] = df["value"].astype(float)
     df["superseded"] = df["superseded"].astype(bool)
+    df["baseline"] = df["baseline"].astype(bool)
     return df
 
 
@@ -149,7 +151,9 @@ class Group:
 
     mean / std / count / nan: per metric (count: seeds with the metric, nan: of them NaN);
     values: per metric, the kept seeds' values (for significance tests; empty when the group was
-    made from a summary alone); protocol: 'exact' / 'adapted' / 'unknown'."""
+    made from a summary alone); protocol: 'exact' / 'adapted' / 'unknown'; comparison_hash: the
+    settings without the checkpoint's own labels (a delta needs equal ones); baseline: run as an
+    in-harness baseline (``run --baselines``)."""
 
     key: str
     label: str
@@ -167,6 +171,8 @@ class Group:
     settings_hash: str = ""
     protocol: str = "unknown"
     reruns_ignored: int = 0
+    comparison_hash: str = ""
+    baseline: bool = False
 
 
 def groups_from_summary(summary: pd.DataFrame, runs: pd.DataFrame | None = None) -> list[Group]:
@@ -181,6 +187,9 @@ def groups_from_summary(summary: pd.DataFrame, runs: pd.DataFrame | None = None)
                 sha256=row.checkpoint_sha256, task=row.task, engine=row.engine,
                 settings_hash=row.settings_hash, protocol=row.protocol,
                 reruns_ignored=int(row.reruns_ignored),
+                # a summary written before these columns: every group comparable, none tagged
+                comparison_hash=str(getattr(row, "comparison_hash", "")),
+                baseline=bool(getattr(row, "baseline", False)),
             )
         g.mean[row.metric] = float(row.mean)
         g.std[row.metric] = float(row.std)

@@ -22,7 +22,7 @@ from detco_bench.report.aggregate import (
     runs_frame,
 )
 from detco_bench.report.check import CheckResult, run_check
-from detco_bench.report.deltas import HarnessDelta, harness_deltas
+from detco_bench.report.deltas import HarnessDelta, harness_deltas, unpaired_baselines
 from detco_bench.report.flags import FLAG_COLUMNS, flags_frame
 from detco_bench.report.grouping import Grouping, group_records
 from detco_bench.report.match import reference_entries
@@ -34,10 +34,10 @@ class Report:
     """Everything a report shows: the records (aggregated, excluded as not successful, skipped as
     unreadable), the aggregated frames and groups, the reference, the tables and the check.
 
-    deltas: every group vs every measured baseline (`deltas.harness_deltas`); flags: reruns
-    ignored, NaN metrics, record notes (`flags.flags_frame`); protocols: group key -> the
-    protocol fidelity its records carry (None: unknown); grouping: which record is in which
-    group, and which reruns were replaced."""
+    deltas: every group vs every measured baseline of the same settings (`deltas.harness_deltas`);
+    flags: reruns ignored, NaN metrics, record notes, baselines of other settings without a
+    delta (`flags.flags_frame`); protocols: group key -> the protocol fidelity its records carry
+    (None: unknown); grouping: which record is in which group, and which reruns were replaced."""
 
     records: list[ResultRecord]
     excluded: list[ResultRecord]
@@ -87,6 +87,7 @@ def build_report(
         summary = summary.merge(aggregate_provenance(prov), on="group", how="left")
     groups = groups_from_summary(summary, runs)
     deltas = harness_deltas(groups, reference_entries(ref_df))
+    flags = flags_frame(groups, records, grouping, unpaired_baselines(groups))
     tables = build_tables(groups, ref_df, ref_name, deltas)
     # Only the paper's numbers are the published protocol; smoke references were measured with
     # adapted runs and a user's file says what it holds.
@@ -97,5 +98,4 @@ def build_report(
         if r.run_id not in grouping.superseded:
             protocols.setdefault(grouping.key[r.run_id], r.protocol)
     return Report(records, excluded, skipped, runs, summary, groups, ref_df, ref_name, tables, result,
-                  prov, [Path(p) for p in paths], deltas, flags_frame(groups, records, grouping), protocols,
-                  grouping)
+                  prov, [Path(p) for p in paths], deltas, flags, protocols, grouping)

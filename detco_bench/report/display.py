@@ -23,8 +23,9 @@ from detco_bench.report.tables import MISSING, NAN_CELL
 CHECK_NUMBER_COLUMNS = ("n", "mean", "reference", "threshold", "Δ")
 ERROR_CHARS = 200  # a traceback's tail is in the run's own log; the report shows its start
 DELTAS_TITLE = "Δ vs in-harness baselines"
-DELTAS_INTRO = ("Each group minus each baseline measured in the harness (random init, supervised, MoCo v2) on the "
-                "same task and engine. With >= 2 seeds on both sides: the 95% confidence interval (Welch-"
+DELTAS_INTRO = ("Each group minus each baseline measured in the harness (those of run --baselines, and random init, "
+                "supervised, MoCo v2) on the same task and engine under the same settings; a baseline of other "
+                "settings gets no delta (see Flags). With >= 2 seeds on both sides: the 95% confidence interval (Welch-"
                 "Satterthwaite df, t quantile) and the Welch t-test p-value; 'within noise' when the interval "
                 "contains 0. ref Δ: the reference's delta for the same pair of methods.")
 PROTOCOL_TITLE = "Protocol fidelity"

@@ -50,12 +50,17 @@ class Grouping:
 
     key: run_id -> group key; label: group key -> display label (with ``cfg=<settings hash>``
     only when the same checkpoint has several settings for one task and engine); settings:
-    group key -> settings hash; superseded: run_id -> the run_id of the later rerun of the same
-    seed that replaces it; reruns: group key -> {seed: number of runs ignored}."""
+    group key -> settings hash; comparison: group key -> comparison hash (the settings without
+    the checkpoint's own labels: a method and a baseline pair only when theirs are equal);
+    baseline: group key -> whether its records are tagged as an in-harness baseline; superseded:
+    run_id -> the run_id of the later rerun of the same seed that replaces it; reruns: group key
+    -> {seed: number of runs ignored}."""
 
     key: dict[str, str] = field(default_factory=dict)
     label: dict[str, str] = field(default_factory=dict)
     settings: dict[str, str] = field(default_factory=dict)
+    comparison: dict[str, str] = field(default_factory=dict)
+    baseline: dict[str, bool] = field(default_factory=dict)
     superseded: dict[str, str] = field(default_factory=dict)
     reruns: dict[str, dict[int, int]] = field(default_factory=dict)
 
@@ -71,15 +76,18 @@ def group_records(records: Sequence[ResultRecord]) -> Grouping:
     members: dict[str, list[ResultRecord]] = defaultdict(list)
     settings_of_checkpoint: dict[tuple, set[str]] = defaultdict(set)
     # Equal configs (config_hash is checked against the config on read) have equal settings.
-    by_config: dict[str, str] = {}
+    by_config: dict[str, tuple[str, str]] = {}
     for r in records:
         ck = r.checkpoint
-        settings = by_config.get(r.config_hash)
-        if settings is None:
-            settings = by_config[r.config_hash] = r.settings_hash
+        hashes = by_config.get(r.config_hash)
+        if hashes is None:
+            hashes = by_config[r.config_hash] = (r.settings_hash, r.comparison_hash)
+        settings = hashes[0]
         key = f"{ck.method}|{ck.pretrain_epochs}|{ck.identity}|{r.task}|{r.engine}|{settings[:16]}"
         g.key[r.run_id] = key
         g.settings[key] = settings
+        g.comparison[key] = hashes[1]
+        g.baseline[key] = g.baseline.get(key, False) or ck.baseline
         members[key].append(r)
         settings_of_checkpoint[(ck.method, ck.pretrain_epochs, ck.identity, r.task, r.engine)].add(settings)
     for key, runs in members.items():

@@ -68,12 +68,14 @@ def match_reference(
 
 def pick_baseline(
     method: str, task: str, engine: str, groups: Sequence[Group], refs: dict[str, list[RefEntry]],
-    reference_name: str, epochs: int | None = None,
+    reference_name: str, epochs: int | None = None, settings: str | None = None,
 ) -> tuple[str, dict[str, float], str | None] | None:
     """The row that deltas are taken against: a measured `method` group on the same task and
-    engine (most seeds wins), else the reference's `method` row for that task and engine.
-    Returns (label, values, group key or None)."""
-    measured = [g for g in groups if g.method == method and g.task == task and g.engine == engine]
+    engine (most seeds wins) and, given `settings` (a comparison hash), the same settings; else
+    the reference's `method` row for that task and engine. Returns (label, values, group key or
+    None)."""
+    measured = [g for g in groups if g.method == method and g.task == task and g.engine == engine
+                and (settings is None or g.comparison_hash == settings)]
     if measured:
         best = sorted(measured, key=lambda g: (-g.n, g.label))[0]
         return best.label, best.mean, best.key

@@ -59,7 +59,7 @@ def delta_points(report: Report) -> tuple[dict[str, dict[str, DeltaPoint]], dict
             continue
         metric = headline_metric(g.task)
         base = pick_baseline("supervised", g.task, g.engine, report.groups, refs, report.reference_name,
-                             g.epochs)
+                             g.epochs, g.comparison_hash)
         if base is None or metric not in g.mean or metric not in base[1]:
             continue
         name = f"{g.label} ({g.engine})"

@@ -166,7 +166,7 @@ def build_tables(
                     if base_method == "mocov2" and g.method in ("random", "supervised"):
                         continue  # the paper compares pretraining methods with MoCo v2 only
                     base = pick_baseline(base_method, task, g.engine, groups, refs, reference_name,
-                                         g.epochs)
+                                         g.epochs, g.comparison_hash)
                     if base is None or base[2] == g.key:
                         continue
                     base_label, base_values, base_key = base

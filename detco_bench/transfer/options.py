@@ -78,6 +78,9 @@ class TransferOptions:
                                 "Method label of the checkpoint for the record (detco, mocov2, ...; default: from "
                                 "the checkpoint).")
     pretrain_epochs: int | None = option(None, "--pretrain-epochs", "Pretraining epochs label.")
+    baseline: bool = option(False, "--baseline",
+                            "Record the checkpoint as an in-harness baseline (detco-bench run --baselines sets it): "
+                            "the report takes every method's delta against it.")
     checkpoint_format: str = option("auto", "--format", "Checkpoint format (see convert).")
     results_dir: Path | None = option(None, "--results",
                                       "Results store for the record (default $DETCO_BENCH_RESULTS or results/runs).")
@@ -133,8 +136,17 @@ def opts_from_argv(tokens: list[str]) -> list[str]:
     # One quoted string holding every pair; a single token with spaces among several is a value
     # such as "(640, 672)" and stays whole.
     if len(opts) == 1 and any(c.isspace() for c in opts[0]):
-        opts = shlex.split(opts[0])
+        opts = split_words(opts[0], OPTS_FLAG)
     return opts
+
+
+def split_words(text: str, flag: str) -> list[str]:
+    """`text` split like a shell would (quotes group words); an unbalanced quote is a `UserError`
+    naming `flag`."""
+    try:
+        return shlex.split(text)
+    except ValueError as exc:  # "No closing quotation", "No escaped character"
+        raise UserError(f"{flag} {text!r}: {str(exc).lower()}") from None
 
 
 def _flat_fields() -> list[tuple[type, dataclasses.Field[Any]]]:

@@ -32,7 +32,8 @@ def _device_description(plan: TransferPlan) -> str:
 def _checkpoint_info(plan: TransferPlan) -> dict[str, Any]:
     ck = plan.checkpoint
     assert ck is not None
-    return {"path": ck.path, "sha256": ck.sha256, "method": ck.method, "pretrain_epochs": ck.pretrain_epochs}
+    return {"path": ck.path, "sha256": ck.sha256, "method": ck.method, "pretrain_epochs": ck.pretrain_epochs,
+            "baseline": plan.options.baseline}
 
 
 def write_run_record(

@@ -24,14 +24,20 @@ SUBMITIT_CLUSTER_ENV = "DETCO_BENCH_SUBMITIT_CLUSTER"
 SIGNAL_DELAY_S = 120
 
 
-def submit(fn: Callable[[], Any], folder: Path, *, name: str, spec: SlurmSpec, nodes: int = 1,
-           tasks_per_node: int = 1, gpus_per_node: int | None = None) -> str:
-    """Submit `fn` (picklable) as one Slurm job with `nodes` x `tasks_per_node` tasks; returns the
-    job id. Every failure to submit is a `UserError` (one line)."""
+def _submitit() -> Any:
+    """The submitit module (an optional dependency: imported only to submit)."""
     try:
         import submitit
     except ImportError:
         raise UserError("--launcher slurm needs submitit (pip install submitit)") from None
+    return submitit
+
+
+def submit(fn: Callable[[], Any], folder: Path, *, name: str, spec: SlurmSpec, nodes: int = 1,
+           tasks_per_node: int = 1, gpus_per_node: int | None = None) -> str:
+    """Submit `fn` (picklable) as one Slurm job with `nodes` x `tasks_per_node` tasks; returns the
+    job id. Every failure to submit is a `UserError` (one line)."""
+    submitit = _submitit()
     cluster = os.environ.get(SUBMITIT_CLUSTER_ENV) or "slurm"
     try:
         executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
@@ -53,6 +59,14 @@ def submit(fn: Callable[[], Any], folder: Path, *, name: str, spec: SlurmSpec, n
     except Exception as exc:  # sbatch missing or refusing the job
         raise UserError(f"Slurm submission failed: {' '.join(str(exc).split())[:300]}") from None
     return str(job.job_id)
+
+
+def submit_command(argv: list[str], folder: Path, *, name: str, spec: SlurmSpec,
+                   gpus_per_node: int | None = None) -> str:
+    """Submit one command line (a pipeline job: ``python -m detco_bench.cli ...``) as a one-task
+    Slurm job; returns the job id."""
+    return submit(_submitit().helpers.CommandFunction(argv), folder, name=name, spec=spec,
+                  gpus_per_node=gpus_per_node)
 
 
 class SlurmJob:
