@@ -1,0 +1,180 @@
+"""Both engines on the same jobs: the metrics each reports and its CPU seconds per iteration.
+
+    python benchmarks/engine_agreement.py [--families fpn c4 ...] [--seeds 3] [--iters 100]
+                                          [--out runs/engine-agreement] [--threads 2]
+
+For every task family, the same synthetic data, the same random-init ResNet checkpoint and the same
+effective config (the task's YAML chain with one set of --opts: a short schedule at 128-256 px and
+lighter RoI sampling) run through Detectron2 and through the built-in torchvision engine, seeds
+0..N-1 each, on the same path as ``detco-bench transfer`` (`plan_transfer` -> `run_transfer`). It
+prints, per family and metric, each engine's mean +- std over the seeds, the gap (torchvision -
+Detectron2) and whether it is within max(seed std, 1 AP point); and each engine's median seconds per
+training iteration (from its own log: ``metrics.jsonl`` / detectron2's ``metrics.json``, first
+logged iteration left out).
+
+Without detectron2 importable the Detectron2 column is "-" and only the built-in engine runs.
+Finished jobs are reused on a rerun (each job has its own output folder), so an interrupted
+benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from detco_bench.datasets import prepare_cityscapes  # noqa: E402
+from detco_bench.engines import get_engine  # noqa: E402
+from detco_bench.errors import UserError  # noqa: E402
+from detco_bench.records import read_record  # noqa: E402
+from detco_bench.synthetic import write_synthetic_dataset  # noqa: E402
+from detco_bench.transfer import plan_transfer, run_transfer  # noqa: E402
+
+#: family -> (task, backbone). Detectron2's Res5ROIHeads and the FCN head need bottleneck blocks.
+FAMILIES: dict[str, tuple[str, str]] = {
+    "fpn": ("coco_fpn_12k", "resnet18"),
+    "c4": ("coco_c4_12k", "resnet50"),
+    "retinanet": ("retinanet_12k", "resnet18"),
+    "keypoint": ("keypoint_fpn_2x", "resnet18"),
+    "voc_c4": ("voc_c4_24k", "resnet50"),
+    "cityscapes_inst": ("cityscapes_inst_fpn", "resnet18"),
+    "cityscapes_sem": ("cityscapes_sem", "resnet50"),
+}
+#: The headline metrics compared per family.
+METRICS: dict[str, tuple[str, ...]] = {
+    "fpn": ("bbox/AP", "bbox/AP50", "segm/AP", "segm/AP50"),
+    "c4": ("bbox/AP", "bbox/AP50", "segm/AP", "segm/AP50"),
+    "retinanet": ("bbox/AP", "bbox/AP50"),
+    "keypoint": ("bbox/AP", "keypoints/AP", "keypoints/AP50"),
+    "voc_c4": ("bbox/AP", "bbox/AP50", "bbox/AP75"),
+    "cityscapes_inst": ("segm/AP", "segm/AP50"),
+    "cityscapes_sem": ("sem_seg/mIoU",),
+}
+ENGINES = ("torchvision", "detectron2")
+GAP_FLOOR = 1.0  # one AP / mIoU point
+
+
+def schedule_opts(iters: int, family: str) -> list[str]:
+    """The one set of --opts both engines run: a short schedule at small sizes, lighter sampling."""
+    opts = [
+        "SOLVER.MAX_ITER", str(iters), "SOLVER.IMS_PER_BATCH", "4", "SOLVER.BASE_LR", "0.02",
+        "SOLVER.STEPS", f"({int(iters * 0.8)},)", "SOLVER.WARMUP_ITERS", str(max(1, iters // 10)),
+        "SOLVER.CHECKPOINT_PERIOD", str(iters), "TEST.PRECISE_BN.ENABLED", "False", "DATALOADER.NUM_WORKERS", "0",
+        "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "1000", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "300",
+        "MODEL.RPN.PRE_NMS_TOPK_TEST", "500", "MODEL.RPN.POST_NMS_TOPK_TEST", "200",
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64" if family in ("c4", "voc_c4") else "128",
+    ]  # fmt: skip
+    if family == "cityscapes_sem":
+        opts += ["INPUT.MIN_SIZE_TRAIN", "(96, 128)", "INPUT.MAX_SIZE_TRAIN", "256", "INPUT.MIN_SIZE_TEST", "128",
+                 "INPUT.MAX_SIZE_TEST", "256", "INPUT.CROP.SIZE", "[96, 96]"]
+    else:
+        opts += ["INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "256", "INPUT.MIN_SIZE_TEST", "128",
+                 "INPUT.MAX_SIZE_TEST", "256"]
+    return opts
+
+
+def seconds_per_iter(out: Path, engine: str) -> float:
+    """Median training seconds per iteration from the engine's own log (first entry left out)."""
+    name = "metrics.jsonl" if engine == "torchvision" else "metrics.json"
+    path = out / name
+    if not path.is_file():
+        return math.nan
+    times = [json.loads(line).get("time") for line in path.read_text().splitlines() if line.strip()]
+    times = [t for t in times if isinstance(t, (int, float))][1:]
+    return statistics.median(times) if times else math.nan
+
+
+def run_one(family: str, engine: str, seed: int, args: argparse.Namespace, data: Path,
+            checkpoints: dict[str, Path]) -> tuple[dict[str, float], float]:
+    task, arch = FAMILIES[family]
+    out = args.out / "jobs" / f"{family}-{engine}-s{seed}"
+    plan = plan_transfer(task, checkpoints[arch], out, engine=engine, device="cpu", seed=seed, data_root_dir=data,
+                         results_dir=args.out / "records", cache_dir=args.out / "cache",
+                         opts=schedule_opts(args.iters, family))
+    if plan.problems:
+        raise UserError(f"{family} ({engine}): " + "; ".join(plan.problems))
+    outcome = run_transfer(plan, log=lambda m: None)
+    record = read_record(outcome.record)
+    return dict(record.metrics), seconds_per_iter(out, engine)
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.mean(values):6.2f} +- {statistics.pstdev(values):4.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("runs/engine-agreement"))
+    args = parser.parse_args()
+    args.out = args.out.resolve()
+    torch.set_num_threads(args.threads)
+    missing = get_engine("detectron2").available()
+    engines = list(ENGINES) if missing is None else ["torchvision"]
+    if missing:
+        print(f"Detectron2 column left out: {missing}")
+
+    data = args.out / "data"
+    if not (args.out / "data.done").is_file():
+        write_synthetic_dataset(data, "all", num_train=32, num_val=16, seed=0, image_size=(128, 256), force=True)
+        prepare_cityscapes(data)
+        (args.out / "data.done").touch()
+    checkpoints = {}
+    for arch in sorted({a for _, a in FAMILIES.values()}):
+        path = args.out / f"random_{arch}.pth"
+        if not path.is_file():
+            torch.manual_seed(0)
+            torch.save(getattr(torchvision.models, arch)().state_dict(), path)
+        checkpoints[arch] = path
+
+    t0 = time.time()
+    metrics: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    speed: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for family in args.families:
+        for engine in engines:
+            for seed in range(args.seeds):
+                values, sec = run_one(family, engine, seed, args, data, checkpoints)
+                for name in METRICS[family]:
+                    if math.isfinite(values.get(name, math.nan)):
+                        metrics[(family, name, engine)].append(values[name])
+                speed[(family, engine)].append(sec)
+                print(f"[{time.time() - t0:6.0f} s] {family} {engine} seed {seed}: "
+                      + ", ".join(f"{k} {values.get(k, math.nan):.2f}" for k in METRICS[family])
+                      + f"; {sec:.3f} s/iter", flush=True)
+
+    print(f"\nengine agreement: {args.seeds} seeds, {args.iters} iterations, CPU, {args.threads} threads, "
+          f"{time.time() - t0:.0f} s in all")
+    print(f"{'family':16s} {'metric':15s} {'torchvision':>16s} {'detectron2':>16s} {'gap':>7s}  within")
+    for family in args.families:
+        for name in METRICS[family]:
+            tv, d2 = metrics[(family, name, "torchvision")], metrics[(family, name, "detectron2")]
+            gap, verdict = "-", "-"
+            if tv and d2:
+                delta = statistics.mean(tv) - statistics.mean(d2)
+                bound = max(statistics.pstdev(tv), statistics.pstdev(d2), GAP_FLOOR)
+                gap, verdict = f"{delta:+7.2f}", ("yes" if abs(delta) <= bound else f"NO (> {bound:.2f})")
+            print(f"{family:16s} {name:15s} {fmt(tv):>16s} {fmt(d2):>16s} {gap:>7s}  {verdict}")
+    print(f"\n{'family':16s} {'s/iter torchvision':>19s} {'s/iter detectron2':>18s} {'ratio tv/d2':>12s}")
+    for family in args.families:
+        tv = statistics.median(speed[(family, "torchvision")]) if speed[(family, "torchvision")] else math.nan
+        d2 = statistics.median(speed[(family, "detectron2")]) if speed[(family, "detectron2")] else math.nan
+        print(f"{family:16s} {tv:19.3f} {d2:18.3f} {tv / d2 if d2 == d2 and d2 else math.nan:12.2f}")
+
+
+if __name__ == "__main__":
+    main()
