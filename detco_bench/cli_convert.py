@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from detco_bench.errors import cli_errors
+from detco_bench.paths import output_errors
 
 
 class ConvertTarget(str, Enum):
@@ -104,7 +105,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         from detco_bench.checkpoints import convert_checkpoint, failure_summary
 
         console = Console()
-        with console.status("converting and verifying ..."):
+        # output_errors: an --out that its permission bits allow but the file system refuses
+        with console.status("converting and verifying ..."), output_errors(out):
             result = convert_checkpoint(checkpoint, to.value, out, fmt=fmt.value, force=force,
                                         input_size=input_size)
         print_result(console, result.report, result.out, result.report_path)

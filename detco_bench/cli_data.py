@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from detco_bench.errors import UserError, cli_errors
+from detco_bench.paths import output_errors
 
 LAYOUT_CHOICES = ("images", "imagefolder", "coco", "voc", "cityscapes", "all")
 
@@ -48,6 +49,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         if layout not in LAYOUT_CHOICES:
             raise UserError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUT_CHOICES)}")
         image_size = _image_size(size, height, width)
-        summary = write_synthetic_dataset(out, layout, num_train=num_train, num_val=num_val, seed=seed,
-                                          image_size=image_size, force=force, progress=True)
+        with output_errors(out):
+            summary = write_synthetic_dataset(out, layout, num_train=num_train, num_val=num_val, seed=seed,
+                                              image_size=image_size, force=force, progress=True)
         typer.echo(describe(summary))

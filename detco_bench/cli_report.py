@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from detco_bench.errors import UserError, cli_errors
+from detco_bench.paths import check_output_folder, output_errors
 
 DEFAULT_OUT = Path("results") / "report"
 DEFAULT_FORMATS = "terminal,md,csv,latex,html,png"
@@ -60,8 +61,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             scan = list(paths)
         else:
             scan = [default_results_dir()]
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--out {out} exists and is not a folder")
+        check_output_folder(out)
 
         # Wide tables in logs and pipes (rich would wrap them at 80 columns); a terminal keeps its width.
         width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200
@@ -79,7 +79,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             err.print("[yellow]warning:[/] no successful result records found in "
                       + ", ".join(str(p) for p in scan))
 
-        written = rep.write_report(result, out, fmts, out_console)
+        with output_errors(out):
+            written = rep.write_report(result, out, fmts, out_console)
         for path in written:
             out_console.print(f"wrote {path}", markup=False, soft_wrap=True)
 

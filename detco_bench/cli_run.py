@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 import typer
@@ -60,9 +59,10 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
     ) -> None:
         """Evaluate one checkpoint on a suite of transfer tasks and linear probes, then report.
         Killed and rerun, it skips finished jobs and resumes interrupted ones."""
-        from detco_bench.pipeline import PipelineConfig, make_report, run_pipeline
+        from detco_bench.pipeline import PipelineConfig, run_pipeline
+        from detco_bench.pipeline.runner import run_report
         from detco_bench.pipeline.validate import check_reference
-        from detco_bench.transfer.options import opts_from_argv
+        from detco_bench.transfer.options import opts_from_argv, split_words
 
         console = Console()
         check_reference(check)
@@ -70,15 +70,16 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             checkpoint=str(checkpoint), suite=suite, seeds=seeds, engine=engine, launcher=launcher, device=device,
             data_root=str(data_root) if data_root else None, linear_data=str(linear_data) if linear_data else None,
             max_retries=max_retries, method=method, extra_opts=tuple(opts_from_argv(list(ctx.args))),
-            linear_flags=tuple(shlex.split(linear_flags or "")),
+            linear_flags=tuple(split_words(linear_flags or "", "--linear-flags")),
             slurm={"partition": partition, "gpus_per_node": gpus_per_node, "time": time_min}, baselines=baselines)
         state = run_pipeline(cfg, out, log=lambda m: console.print(m, soft_wrap=True, highlight=False, markup=False),
                              force=force)
         failed = _show(state, console)
         code = 0
         if report and launcher == "local":
-            code = make_report(out, check=check)
-            console.print(f"report: {out / 'report'}")
+            code, written = run_report(out, check=check)
+            if written is not None:  # only a report that was written
+                console.print(f"report: {written}")
         raise typer.Exit(1 if failed or code else 0)
 
     @app.command()

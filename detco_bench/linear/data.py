@@ -19,6 +19,8 @@ from pretrain.data import IMAGE_EXTENSIONS
 def validate_imagefolder(root: str | os.PathLike) -> list[str]:
     """Check ROOT/{train,val}/<class>/<images>; return the class names. Says precisely what is wrong."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--data {root} is a file, not a folder (expected an ImageFolder root)")
     if not root.is_dir():
         raise UserError(f"dataset folder {root} does not exist")
     classes: dict[str, list[str]] = {}

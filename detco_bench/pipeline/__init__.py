@@ -11,7 +11,7 @@ The pipeline owns a folder:
   ROOT/report/               the final report (tables, Markdown, HTML, plots)
 
 Each job runs as its own `detco-bench` process (a crash or a kill cannot corrupt the pipeline;
-records are written atomically by the jobs). A job with a successful record is never rerun; a job
+records are written atomically by the jobs). A job with a successful record of the settings asked is never rerun; a job
 that fails is retried up to `max_retries` times. Killed and rerun, the pipeline resumes where it
 stopped: interrupted jobs resume from their own folders.
 
@@ -19,6 +19,7 @@ stopped: interrupted jobs resume from their own folders.
   baselines.py  ``--baselines``: random init, labelled and plain checkpoints
   config.py     `PipelineConfig` and the state file
   jobs.py       a job's command line, its record, its Slurm submission
+  reuse.py      whether a job's record answers the settings asked now (else it is not skipped)
   runner.py     `run_pipeline`, the report at the end
   demo.py       `run_demo`: the README's main job
 """

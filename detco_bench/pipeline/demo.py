@@ -7,9 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from detco_bench.paths import make_output_folder
 from detco_bench.pipeline.baselines import RANDOM
 from detco_bench.pipeline.config import PipelineConfig
-from detco_bench.pipeline.runner import make_report, run_pipeline, summarize
+from detco_bench.pipeline.runner import run_pipeline, run_report, summarize
 from detco_bench.synthetic import write_synthetic_dataset
 from pretrain.config import preset
 from pretrain.train import train
@@ -38,14 +39,15 @@ def run_demo(out: Path, check: bool = False, log: Callable[[str], None] = print)
     Returns the exit code: 0, or 1 when a job failed or (with `check`) a metric regressed
     against detco_bench/references/smoke.csv.
     """
+    make_output_folder(out)
     checkpoint, detection, classification = prepare_demo(out, log)
     cfg = PipelineConfig(checkpoint=str(checkpoint), suite="smoke", device="cpu", data_root=str(detection),
                          linear_data=str(classification), baselines=RANDOM)
     state = run_pipeline(cfg, out / "suite", log=log)
     failed = [name for name, status, _ in summarize(state) if status != "success"]
-    code = make_report(out / "suite", check="smoke" if check else None)
-    report = out / "suite" / "report"
-    log(f"[report] {report / 'report.md'}  {report / 'report.html'}  plots: {report}")
+    code, report = run_report(out / "suite", check="smoke" if check else None)
+    if report is not None:  # only a report that was written
+        log(f"[report] {report / 'report.md'}  {report / 'report.html'}  plots: {report}")
     if failed:
         log(f"[demo] failed jobs: {', '.join(failed)}")
     return 1 if failed or code else 0

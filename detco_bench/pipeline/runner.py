@@ -16,12 +16,14 @@ import torch
 from detco_bench.checkpoints import load_backbone, sha256_file
 from detco_bench.engines import resolve_engine
 from detco_bench.errors import UserError
-from detco_bench.paths import check_output_folder
+from detco_bench.paths import check_output_folder, make_output_folder
 from detco_bench.pipeline.baselines import Subject, baseline_subjects, check_baselines, parse_baselines
 from detco_bench.pipeline.config import STATE_FILE, PipelineConfig, load_state
 from detco_bench.pipeline.jobs import cli, job_command, submit_job, successful_record, weights_cache_dir
+from detco_bench.pipeline.reuse import record_differences
 from detco_bench.pipeline.suites import Job, parse_suite
 from detco_bench.pipeline.validate import validate_jobs
+from detco_bench.records import read_record
 from detco_bench.transfer.weights import ensure_converted, weights_cache_path
 from pretrain.atomic import atomic_write_json
 from pretrain.lock import folder_lock
@@ -71,13 +73,27 @@ def _replace_folder(root: Path, job: Job) -> None:
         os.replace(folder, folder.with_name(f"{folder.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}"))
 
 
+def _check_folder(state: dict[str, Any], cfg: PipelineConfig, root: Path, force: bool) -> None:
+    """Refuse a pipeline folder of another checkpoint, or (without `force`) of other settings."""
+    if not state:
+        return
+    if state.get("config", {}).get("checkpoint") not in (None, cfg.checkpoint):
+        raise UserError(f"{root} belongs to a pipeline of checkpoint {state['config']['checkpoint']}; "
+                        "use another --out")
+    changed = _settings_changed(state.get("config", {}), cfg)
+    if changed and not force:
+        raise UserError(f"{root} holds a pipeline with other settings ({', '.join(changed)}); use another --out, "
+                        "or --force to rerun the jobs whose settings changed")
+
+
 def run_pipeline(cfg: PipelineConfig, root: Path, log: Callable[[str], None] = print,
                  force: bool = False) -> dict[str, Any]:
     """Plan, run (or submit) every job not yet done, and return the final state.
 
     A folder holding a pipeline of other settings (suite, seeds, --opts, flags, ...) is refused
-    unless `force`; with it, jobs whose command line changed rerun in fresh folders (the old ones
-    are kept aside)."""
+    unless `force`; with it, jobs whose settings changed rerun in fresh folders (the old ones
+    are kept aside). A job is skipped only when its record was made with the requested settings
+    (`reuse.record_differences`)."""
     if not Path(cfg.checkpoint).is_file():
         raise UserError(f"checkpoint {cfg.checkpoint} does not exist")
     if cfg.launcher not in ("local", "slurm"):
@@ -89,29 +105,40 @@ def run_pipeline(cfg: PipelineConfig, root: Path, log: Callable[[str], None] = p
     check_output_folder(root)
     validate_jobs(cfg, jobs, root)
     check_baselines(specs)
-    state = load_state(root)
-    if state and state.get("config", {}).get("checkpoint") not in (None, cfg.checkpoint):
-        raise UserError(f"{root} belongs to a pipeline of checkpoint {state['config']['checkpoint']}; "
-                        "use another --out")
-    changed = _settings_changed(state.get("config", {}), cfg) if state else []
-    if changed and not force:
-        raise UserError(f"{root} holds a pipeline with other settings ({', '.join(changed)}); use another --out, "
-                        "or --force to rerun the jobs whose settings changed")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create --out {root}: {exc.strerror or exc}") from None
+    _check_folder(load_state(root), cfg, root, force)  # early, so that nothing is created for a refusal
+    make_output_folder(root)
     with folder_lock(root):  # one pipeline per folder
-        return _run_jobs(cfg, root, jobs, specs, state, log)
+        return _run_jobs(cfg, root, jobs, specs, log, force)
+
+
+def _stale_jobs(cfg: PipelineConfig, root: Path, jobs: list[Job], subjects: dict[str, Subject],
+                force: bool) -> set[str]:
+    """The jobs whose successful record was made with other settings than asked now; without
+    `force` the first one is refused (nothing has been written yet)."""
+    shas = {name: sha256_file(subject.checkpoint) for name, subject in subjects.items()}
+    stale: set[str] = set()
+    for job in jobs:
+        done = successful_record(root, job)
+        if done is None:
+            continue
+        diffs = record_differences(read_record(done), job, cfg, root, subjects[job.subject], shas[job.subject])
+        if diffs and not force:
+            raise UserError(f"job {job.name}: its record {done} was made with other settings ({', '.join(diffs)}); "
+                            "use another --out, or --force to rerun it in a fresh folder")
+        if diffs:
+            stale.add(job.name)
+    return stale
 
 
 def _run_jobs(cfg: PipelineConfig, root: Path, jobs: list[Job], specs: list[tuple[str, str | None]],
-              state: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+              log: Callable[[str], None], force: bool) -> dict[str, Any]:
     """Run or submit the jobs not done yet (under the folder's lock); returns the final state."""
-    state = load_state(root) or state  # as it is now that this process is the folder's writer
+    state = load_state(root)  # as it is now that this process is the folder's writer
+    _check_folder(state, cfg, root, force)  # another pipeline may have written it since the first check
     subjects = {"": Subject("", cfg.checkpoint, cfg.method)}
     subjects.update((b.name, b) for b in baseline_subjects(specs, cfg.checkpoint, root))
     jobs += [job for name in subjects if name for job in parse_suite(cfg.suite, cfg.seeds, subject=name)]
+    stale = _stale_jobs(cfg, root, jobs, subjects, force)
     state.setdefault("jobs", {})
     state["config"] = asdict(cfg)
     state["plan"] = [j.name for j in jobs]
@@ -128,15 +155,16 @@ def _run_jobs(cfg: PipelineConfig, root: Path, jobs: list[Job], specs: list[tupl
         entry = state["jobs"].setdefault(job.name, {"status": "pending", "attempts": 0})
         entry["attempts"] = 0 if entry.get("status") != "running" else entry.get("attempts", 0)
         command = job_command(job, cfg, root, subjects[job.subject])[len(cli()):]
-        if entry.get("command") not in (None, command):
+        done = successful_record(root, job)
+        if job.name in stale or (done is None and entry.get("command") not in (None, command)):
             # Only reached with --force (other settings were refused above): a fresh folder.
             _replace_folder(root, job)
             entry.update(status="pending", record=None)
+            done = None
         entry["command"] = command
-        done = successful_record(root, job)
         if done is not None:
             entry.update(status="success", record=str(done))
-            log(f"[skip] {job.name}: already has a successful record")
+            log(f"[skip] {job.name}: already has a successful record of these settings")
         elif cfg.launcher == "slurm":
             entry.update(status="submitted", job_id=submit_job(job, cfg, root, subjects[job.subject]))
             log(f"[slurm] {job.name}: submitted as job {entry['job_id']}")
@@ -181,16 +209,31 @@ def _run_jobs(cfg: PipelineConfig, root: Path, jobs: list[Job], specs: list[tupl
     return state
 
 
-def make_report(root: Path, formats: str = "terminal,md,html,png", check: str | None = None) -> int:
-    """Run `detco-bench report` over the pipeline's records; returns its exit code."""
+def _files(folder: Path) -> dict[Path, tuple[int, int]]:
+    """(inode, mtime) of every file under `folder`: an atomic rewrite always makes a new inode."""
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+def run_report(root: Path, formats: str = "terminal,md,html,png", check: str | None = None
+               ) -> tuple[int, Path | None]:
+    """Run `detco-bench report` over the pipeline's records only. Returns its exit code and the
+    report folder, or None when it wrote no file (no records yet, or it refused its input)."""
     sources = [str(p) for p in (root / "records", root / "jobs") if p.is_dir()]
     if not sources:  # never fall back to the default results store: the report is of this pipeline
         print(f"no records in {root} yet: nothing to report")
-        return 1
-    cmd = [*cli(), "report", *sources, "--out", str(root / "report"), "--format", formats]
+        return 1, None
+    folder = root / "report"
+    before = _files(folder)
+    cmd = [*cli(), "report", *sources, "--out", str(folder), "--format", formats]
     if check:
         cmd += ["--check", "--reference", check]
-    return subprocess.run(cmd, check=False).returncode
+    code = subprocess.run(cmd, check=False).returncode
+    return code, folder if _files(folder).items() - before.items() else None
+
+
+def make_report(root: Path, formats: str = "terminal,md,html,png", check: str | None = None) -> int:
+    """Run `detco-bench report` over the pipeline's records; returns its exit code."""
+    return run_report(root, formats, check)[0]
 
 
 def summarize(state: dict[str, Any]) -> Sequence[tuple[str, str, str]]:
