@@ -42,7 +42,12 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         image_size: int = typer.Option(None, help="Global view size."),
         amp: bool = typer.Option(None, "--amp/--no-amp", help="Mixed precision (bf16 where supported)."),
         channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last"),
-        workers: int = typer.Option(None, help="Data-loading worker processes per rank."),
+        bn_splits: int = typer.Option(
+            None, "--bn-splits", help="BN groups per process (split-BN: one process normalises like N). "
+            "Default: 8 on one process (fewer if the batch is too small, logged), 1 under torchrun, "
+            "where shuffle-BN across processes applies."),
+        workers: int = typer.Option(None, help="Data-loading worker processes per rank "
+                                    "(default: the preset's, at most the CPUs per process minus one)."),
         seed: int = typer.Option(None),
         save_every_steps: int = typer.Option(None, help="Also checkpoint every N steps (0: epoch ends only)."),
         max_steps: int = typer.Option(None, help="Stop after N steps in total (checkpointed; resumable)."),
@@ -52,19 +57,21 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         """Pretrain DetCo or MoCo v2 and write a checkpoint (torchrun-aware: launch with
         `torchrun --nproc_per_node N --no-python detco-bench pretrain ...` for several GPUs).
 
-        Exit code 2: invalid options or data. Exit code 1: the run stopped because a loss became inf
-        or NaN; the last checkpoint is kept and --resume continues from it."""
+        Ends with a summary: epochs, final loss, img/s, wall-clock, checkpoint and output folder.
+        Exit code 2: invalid options or data, or another process writes --out. Exit code 1: the run
+        stopped because a loss became inf or NaN; the last checkpoint is kept and --resume continues
+        from it."""
         from pretrain.config import preset as make_preset
-        from pretrain.train import train
+        from pretrain.distributed import rank
+        from pretrain.train import train_run
 
         cfg = make_preset(
             preset, data=data, epochs=epochs, batch_size=batch_size, arch=arch, base_lr=base_lr,
             queue_size=queue_size, multi_level=multi_level, local_contrast=local_contrast,
             stage_weights=_stage_weights(stage_weights), randaugment=randaugment, autoaugment=autoaugment,
             image_size=image_size, amp=amp, channels_last=channels_last, workers=workers, seed=seed,
-            save_every_steps=save_every_steps, max_steps=max_steps, synthetic_images=synthetic_images)
-        checkpoint = train(cfg, out, resume=resume, show_progress=not no_progress)
-        from pretrain.distributed import rank
-
+            save_every_steps=save_every_steps, max_steps=max_steps, synthetic_images=synthetic_images,
+            bn_splits=bn_splits)
+        summary = train_run(cfg, out, resume=resume, show_progress=not no_progress)
         if rank() == 0:
-            typer.echo(f"checkpoint: {checkpoint}")
+            typer.echo("\n".join(summary.lines()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,11 @@ class PretrainConfig:
     data: str = "synthetic"  # a folder of images (searched recursively) or "synthetic"
     synthetic_images: int = 1024
     synthetic_size: int = 256
-    workers: int = 4
+    workers: int = 4  # per process; presets are capped to the machine (see `machine_workers`)
+    # BN groups per process (split-BN, see pretrain.split_bn). None: automatic, 8 on one process
+    # (fewer when the batch is too small), 1 under DDP, where shuffle-BN across processes applies.
+    # train() records the value it used.
+    bn_splits: int | None = None
     # Runtime.
     seed: int = 0
     amp: bool = False  # bf16 autocast where supported, else fp16 with loss scaling
@@ -66,6 +71,8 @@ class PretrainConfig:
         for name in ("epochs", "batch_size", "queue_size", "dim", "image_size"):
             if getattr(self, name) <= 0:
                 raise PretrainInputError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.bn_splits is not None and self.bn_splits < 1:
+            raise PretrainInputError(f"--bn-splits must be at least 1, got {self.bn_splits}")
         if self.queue_size % self.batch_size:
             raise PretrainInputError(
                 f"queue size {self.queue_size} is not a multiple of the global batch size "
@@ -108,8 +115,19 @@ PRESETS: dict[str, PretrainConfig] = {
 }
 
 
+def machine_workers() -> int:
+    """Data-loading workers that fit this machine: the CPUs this process may use, shared among the
+    processes torchrun starts on the node (LOCAL_WORLD_SIZE), minus one for the training process."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_process = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(per_process - 1, 0)
+
+
 def preset(name: str, **overrides: Any) -> PretrainConfig:
-    """A copy of preset `name` with `overrides` (None values are ignored) applied and validated."""
+    """A copy of preset `name` with `overrides` (None values are ignored) applied and validated.
+
+    Without a `workers` override the preset's worker count is capped by `machine_workers()` (a
+    preset's 4 workers on a 2-core machine only slow the run down); an explicit value is kept."""
     if name not in PRESETS:
         raise PretrainInputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     known = {f.name for f in dataclasses.fields(PretrainConfig)}
@@ -117,5 +135,7 @@ def preset(name: str, **overrides: Any) -> PretrainConfig:
     if unknown:
         raise PretrainInputError(f"unknown config keys: {', '.join(unknown)}")
     cfg = dataclasses.replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+    if overrides.get("workers") is None:
+        cfg.workers = min(cfg.workers, machine_workers())
     cfg.validate()
     return cfg

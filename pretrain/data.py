@@ -74,10 +74,27 @@ class SyntheticSource(ImageSource):
         return torch.from_numpy(np.ascontiguousarray(scene.image)).permute(2, 0, 1)
 
 
+def check_readable(source: FolderSource, root: str) -> None:
+    """Raise PretrainInputError unless at least one image of `source` decodes. Images are tried in
+    order until one does, so a normal folder costs one decode; a folder where none decodes is bad
+    input, while a few unreadable images among readable ones are skipped (and counted) in training."""
+    first_error = ""
+    for index in range(len(source)):
+        try:
+            source.load(index)
+            return
+        except OSError as exc:
+            first_error = first_error or str(exc).splitlines()[0]
+    raise PretrainInputError(f"none of the {len(source)} image file(s) under {root} can be read ({first_error})")
+
+
 def build_source(cfg: PretrainConfig) -> ImageSource:
+    """The images `cfg.data` names; for a folder, checked to hold at least one readable image."""
     if cfg.data == "synthetic":
         return SyntheticSource(cfg.synthetic_images, cfg.synthetic_size, seed=cfg.seed)
-    return FolderSource(find_images(cfg.data))
+    source = FolderSource(find_images(cfg.data))
+    check_readable(source, cfg.data)
+    return source
 
 
 class ContrastiveViews(Dataset):

@@ -15,6 +15,7 @@ with both off this is exactly MoCo v2.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +23,9 @@ import torchvision
 from torch import nn
 
 from pretrain.config import PretrainConfig
-from pretrain.distributed import batch_shuffle, batch_unshuffle, concat_all_gather
+from pretrain.distributed import batch_shuffle, batch_unshuffle, concat_all_gather, world_size
 from pretrain.precision import guard_strided_convs, unit_vectors
+from pretrain.split_bn import local_shuffle, local_unshuffle, use_split_bn
 
 STAGES = ("res2", "res3", "res4", "res5")
 
@@ -82,9 +84,13 @@ class Encoder(nn.Module):
         """(N, 9, 3, P, P) patch sets -> per stage an L2-normalised fp32 embedding (N, dim) of the 9
         pooled patch features concatenated in the (shuffled) patch order."""
         n = patches.shape[0]
-        pooled = self.pooled(patches.flatten(0, 1))  # each (N*9, C_s)
+        # Patch-major rows (row p*N + i: patch p of image i): split-BN's group j (rows j::k, k
+        # dividing N) then holds the 9 patches of exactly the images of group j of the global
+        # views, as on k processes. BN statistics do not depend on the order otherwise.
+        pooled = self.pooled(patches.transpose(0, 1).flatten(0, 1))  # each (9*N, C_s)
         assert self.local_heads is not None
-        return [unit_vectors(h(f.reshape(n, -1))) for h, f in zip(self.local_heads, pooled, strict=True)]
+        return [unit_vectors(h(f.view(9, n, -1).transpose(0, 1).reshape(n, -1)))  # (N, 9*C_s), patch order
+                for h, f in zip(self.local_heads, pooled, strict=True)]
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -103,6 +109,13 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature:
 
 
 class DetCo(nn.Module):
+    """The query and key encoders, their queues and the loss.
+
+    With `cfg.bn_splits` k > 1 both encoders use split-BN (pretrain.split_bn), and on one process
+    the key encoder's batch is shuffled locally; under DDP it is shuffled across processes
+    (shuffle-BN). `cfg.bn_splits` None means 1 here; `pretrain.train` resolves the automatic value.
+    """
+
     def __init__(self, cfg: PretrainConfig) -> None:
         super().__init__()
         self.stage_ids = (0, 1, 2, 3) if cfg.multi_level else (3,)
@@ -111,7 +124,10 @@ class DetCo(nn.Module):
         self.local = cfg.local_contrast
         self.momentum, self.temperature, self.queue_size = cfg.key_momentum, cfg.temperature, cfg.queue_size
 
+        self.bn_splits = cfg.bn_splits or 1
         self.encoder_q = Encoder(cfg.arch, self.stage_ids, cfg.dim, cfg.local_contrast)
+        if self.bn_splits > 1:
+            use_split_bn(self.encoder_q, self.bn_splits)  # the key encoder is a copy: it gets them too
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for p in self.encoder_k.parameters():
             p.requires_grad = False
@@ -127,6 +143,19 @@ class DetCo(nn.Module):
         """key <- m * key + (1 - m) * query, over all encoder parameters (backbone and heads)."""
         for pq, pk in zip(self.encoder_q.parameters(), self.encoder_k.parameters(), strict=True):
             pk.mul_(self.momentum).add_(pq.detach(), alpha=1.0 - self.momentum)
+
+    def key_shuffle(self, *xs: torch.Tensor) -> tuple[list[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+        """Shuffle-BN for the key encoder: the key inputs (each (N, ...), an image and its patch set
+        together) permuted so its BN groups differ from the query's, and the function that puts its
+        outputs back in order. Across processes under DDP; within the batch on one process with
+        split-BN; nothing to do on one process with a single BN group (the order cannot matter)."""
+        if world_size() > 1:
+            shuffled, index = batch_shuffle(*xs)
+            return shuffled, lambda k: batch_unshuffle(k, index)
+        if self.bn_splits > 1:
+            shuffled, index = local_shuffle(*xs)
+            return shuffled, lambda k: local_unshuffle(k, index)
+        return list(xs), lambda k: k
 
     @torch.no_grad()
     def enqueue(self, keys_global: list[torch.Tensor], keys_local: list[torch.Tensor] | None) -> None:
@@ -155,12 +184,13 @@ class DetCo(nn.Module):
         with torch.no_grad():
             self.momentum_update()
             if self.local:
-                (im_k_s, patches_k_s), unshuffle = batch_shuffle(im_k, patches_k)
-                k_l = [batch_unshuffle(k, unshuffle) for k in self.encoder_k.local_embed(patches_k_s)]
+                assert patches_k is not None
+                (im_k_s, patches_k_s), unshuffle = self.key_shuffle(im_k, patches_k)
+                k_l = [unshuffle(k) for k in self.encoder_k.local_embed(patches_k_s)]
             else:
-                (im_k_s,), unshuffle = batch_shuffle(im_k)
+                (im_k_s,), unshuffle = self.key_shuffle(im_k)
                 k_l = None
-            k_g = [batch_unshuffle(k, unshuffle) for k in self.encoder_k.global_embed(im_k_s)]
+            k_g = [unshuffle(k) for k in self.encoder_k.global_embed(im_k_s)]
 
         terms: dict[str, torch.Tensor] = {}
         total = im_q.new_zeros((), dtype=torch.float32)

@@ -31,10 +31,14 @@ def stale_temp_files(folder: Path) -> list[Path]:
 @contextmanager
 def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
     """Hold the folder's lock for the block (creating the folder); raise `FolderLockedError` at once
-    when another process holds it. Yields the folder."""
+    when another process holds it, `PretrainInputError` when the folder cannot be created or
+    written. Yields the folder."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:  # under a file, read-only, no permission: bad --out, not a crash
+        raise PretrainInputError(f"cannot write to output folder {folder}: {exc.strerror or exc}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

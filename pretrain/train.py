@@ -1,12 +1,16 @@
 """The pretraining loop: SGD + cosine, AMP, DDP via torchrun, atomic checkpoints, exact resume.
 
 A step whose loss is not finite stops the run (NonFiniteLossError) before anything of it is written.
+Everything that can be checked without training (data, output folder, checkpoint to resume, split-BN
+groups) is checked before anything is written. Rank 0 holds the folder's lock (pretrain.lock) for
+the whole run, so a second run on the same folder is refused.
 
 Run folder layout:
   config.json      the effective PretrainConfig
   checkpoint.pth   latest training state (atomically replaced; see CHECKPOINT_FORMAT)
   metrics.jsonl    one JSON object per logged step
   tb/              TensorBoard event files
+  .detco-bench.lock  the one-writer lock (empty of content; a folder holding only it counts as empty)
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ from torch.utils.data import DataLoader
 from pretrain import distributed as dist_utils
 from pretrain.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
 from pretrain.config import PretrainConfig
-from pretrain.data import ContrastiveViews, EpochSampler, build_source
+from pretrain.data import ContrastiveViews, EpochSampler, ImageSource, build_source
 from pretrain.detco import DetCo
 from pretrain.errors import NonFiniteLossError, PretrainInputError
+from pretrain.lock import folder_lock, is_lock_file
+from pretrain.split_bn import describe_bn, resolve_bn_splits
+from pretrain.summary import RunSummary
 
 CHECKPOINT_FORMAT = "detco-bench.pretrain"
 CHECKPOINT_VERSION = 1
@@ -41,25 +48,17 @@ CHECKPOINT_NAME = "checkpoint.pth"
 RESUMABLE_OVERRIDES = {"workers", "log_every", "save_every_steps", "max_steps", "amp", "channels_last"}
 
 
-def prepare_run_dir(out: Path, resume: bool) -> Path | None:
-    """Check the output folder; return the checkpoint to resume from, if any.
+def check_run_dir(out: Path, resume: bool) -> None:
+    """Check the output folder without creating anything (whether it can be created and written
+    shows when `folder_lock` creates it and its lock file).
 
     A non-empty folder is only reused with `resume`, so an earlier run is never overwritten.
     """
     if out.exists() and not out.is_dir():
         raise PretrainInputError(f"output path {out} exists and is not a folder")
-    ckpt = out / CHECKPOINT_NAME
-    if out.is_dir() and any(out.iterdir()) and not resume:
+    if out.is_dir() and not resume and any(not is_lock_file(p) for p in out.iterdir()):
         raise PretrainInputError(
             f"output folder {out} is not empty; pass --resume to continue that run or choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise PretrainInputError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
-    return ckpt if ckpt.is_file() else None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -82,6 +81,35 @@ def resolve_resume_config(requested: PretrainConfig, saved: dict[str, Any]) -> P
     if diffs:
         raise PretrainInputError("cannot resume with a different configuration (" + "; ".join(diffs) + ")")
     return dataclasses.replace(saved_cfg, **{k: getattr(requested, k) for k in RESUMABLE_OVERRIDES})
+
+
+def _file_id(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of a file, None when absent: an atomic replace changes it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def effective_config(requested: PretrainConfig, state: dict[str, Any] | None,
+                     world: int) -> tuple[PretrainConfig, str | None]:
+    """The config the run trains with (bn_splits resolved), and a note when split-BN fell back.
+
+    New run: bn_splits from the request (automatic: 8 on one process, 1 under DDP). Resumed run: the
+    saved config (see `resolve_resume_config`); an automatic bn_splits continues with the run's.
+    """
+    batch_per_process = requested.batch_size // world
+    if state is None:
+        splits = resolve_bn_splits(requested.bn_splits, batch_per_process, world)
+        return dataclasses.replace(requested, bn_splits=splits.splits), splits.note
+    saved = dict(state["config"])
+    saved["bn_splits"] = saved.get("bn_splits") or 1  # runs from before split-BN: one BN group
+    if requested.bn_splits is None:
+        requested = dataclasses.replace(requested, bn_splits=saved["bn_splits"])
+    cfg = resolve_resume_config(requested, saved)
+    resolve_bn_splits(cfg.bn_splits, batch_per_process, world)  # still valid for this world size
+    return cfg, None
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:
@@ -150,9 +178,15 @@ def _keep_metric_lines_up_to(path: Path, step: int) -> None:
 
 def train(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, show_progress: bool = True,
           console: Console | None = None) -> Path:
-    """Pretrain with `cfg` into run folder `out`; returns the path of the final checkpoint.
+    """Pretrain with `cfg` into run folder `out`; returns the path of the final checkpoint."""
+    return train_run(cfg, out, resume=resume, show_progress=show_progress, console=console).checkpoint
 
-    Launched by torchrun, every process calls this; rank 0 writes the run folder.
+
+def train_run(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, show_progress: bool = True,
+              console: Console | None = None) -> RunSummary:
+    """Pretrain with `cfg` into run folder `out`; returns what the run did (`RunSummary`).
+
+    Launched by torchrun, every process calls this; rank 0 holds the folder's lock and writes it.
     """
     out = Path(out)
     cfg.validate()
@@ -163,23 +197,59 @@ def train(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, sho
     if cfg.batch_size % world:
         raise PretrainInputError(f"global batch size {cfg.batch_size} is not divisible by {world} processes")
 
-    source = build_source(cfg)  # bad data paths fail before anything is written
-    resume_from = prepare_run_dir(out, resume) if is_main else (out / CHECKPOINT_NAME if resume else None)
-    state: dict[str, Any] | None = None
-    if resume_from is not None and resume_from.is_file():
-        state = load_checkpoint(resume_from)
-        cfg = resolve_resume_config(cfg, state["config"])
-        if state.get("finished"):
-            if is_main:
-                console.print(f"run in {out} already finished ({state['epoch']} epochs)", soft_wrap=True)
-            return resume_from
+    # Everything below up to the lock only reads: a run that cannot start leaves no trace.
+    source = build_source(cfg)
+    if len(source) // cfg.batch_size == 0:
+        raise PretrainInputError(
+            f"{len(source)} images are fewer than one global batch of {cfg.batch_size}; lower --batch-size")
+    if is_main:
+        check_run_dir(out, resume)
+    ckpt = out / CHECKPOINT_NAME
+    loaded_id = _file_id(ckpt) if resume else None
+    state = load_checkpoint(ckpt) if loaded_id is not None else None
+    requested = cfg
+    cfg, bn_note = effective_config(requested, state, world)
+    if state is not None and state.get("finished"):
+        if is_main:
+            console.print(f"run in {out} already finished ({state['epoch']} epochs)", soft_wrap=True)
+        return _summary_of_finished(state, out, ckpt)
 
+    with folder_lock(out) if is_main else nullcontext():
+        if is_main:
+            check_run_dir(out, resume)  # again: the folder may have changed before we held the lock
+            if resume and _file_id(ckpt) != loaded_id:  # another run wrote it after we read it
+                state = load_checkpoint(ckpt) if ckpt.is_file() else None
+                cfg, bn_note = effective_config(requested, state, world)
+        if is_main:  # on stdout: stderr is kept for the progress bar and for errors
+            for line in filter(None, (bn_note, describe_bn(cfg.bn_splits or 1, cfg.batch_size // world, world))):
+                print(line, flush=True)
+        return _train_locked(cfg, source, out, state, device, console, show_progress)
+
+
+def _summary_of_finished(state: dict[str, Any], out: Path, ckpt: Path) -> RunSummary:
+    """The summary of a finished run as its checkpoint `state` records it."""
+    cfg = state["config"]
+    wall = float(state.get("wall_clock_s", 0.0))
+    steps = int(state["step"])
+    loss = state.get("loss")
+    return RunSummary(
+        out=out, checkpoint=ckpt, method=str(state["method"]), arch=str(state["arch"]), steps=steps,
+        epochs=float(state["epoch"]), planned_epochs=int(state["epochs"]),
+        final_loss=None if loss is None else float(loss),
+        img_per_s=steps * int(cfg["batch_size"]) / wall if wall > 0 else 0.0, wall_clock_s=wall,
+        bn_splits=int(state.get("bn_splits") or cfg.get("bn_splits") or 1),
+        world_size=int(state.get("environment", {}).get("world_size", 1)), bad_images=int(state.get("bad_images", 0)),
+        already_finished=True)
+
+
+def _train_locked(cfg: PretrainConfig, source: ImageSource, out: Path, state: dict[str, Any] | None,
+                  device: torch.device, console: Console, show_progress: bool) -> RunSummary:
+    """The training loop proper, with `cfg` final (bn_splits resolved) and the folder ready."""
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    is_main = rank == 0
     dataset = ContrastiveViews(source, cfg)
     sampler = EpochSampler(len(dataset), cfg.batch_size, rank, world, seed=cfg.seed)
     steps_per_epoch = sampler.steps_per_epoch()
-    if steps_per_epoch == 0:
-        raise PretrainInputError(
-            f"{len(dataset)} images are fewer than one global batch of {cfg.batch_size}; lower --batch-size")
     total_steps = steps_per_epoch * cfg.epochs
 
     torch.manual_seed(cfg.seed)
@@ -192,6 +262,7 @@ def train(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, sho
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     step, bad_images, elapsed_before = 0, 0, 0.0
+    last_loss: float | None = None  # the last step's loss, for the summary and the checkpoint
     saved_step: int | None = None  # the step checkpoint.pth holds, for the message of a failed run
     if state is not None:
         model.load_state_dict(state["model"])
@@ -202,6 +273,7 @@ def train(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, sho
         step, bad_images = int(state["step"]), int(state.get("bad_images", 0))
         saved_step = step
         elapsed_before = float(state.get("wall_clock_s", 0.0))
+        last_loss = state.get("loss")
     net: torch.nn.Module = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
@@ -226,6 +298,7 @@ def train(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, sho
                 "config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rng": _rng_state(),
                 "backbone": model.backbone_state_dict(), "finished": finished, "bad_images": bad_images,
+                "bn_splits": model.bn_splits, "loss": last_loss,
                 "wall_clock_s": elapsed_before + time.time() - started, "environment": environment(device)})
         saved_step = step
         return path
@@ -262,7 +335,7 @@ def train(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, sho
                     loss, terms = net(**views)
                 # Checked before backward: no weight update, metric line or checkpoint of a
                 # non-finite step ever exists, so the last checkpoint stays a good one to resume.
-                loss_mean = check_finite(loss, terms, step + 1, saved_step)
+                loss_mean = last_loss = check_finite(loss, terms, step + 1, saved_step)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -274,14 +347,14 @@ def train(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, sho
                     img_s = window_images / max(now - window_start, 1e-9)
                     window_start, window_images = now, 0
                     record = {"step": step, "epoch": step / steps_per_epoch, "lr": lr, "loss": loss_mean,
-                              "img_per_s": img_s, "bad_images": bad_images,
+                              "img_per_s": img_s, "bad_images": bad_images, "bn_splits": model.bn_splits,
                               **{f"loss/{k}": float(v) for k, v in terms.items()}}
                     if is_main:
                         with open(metrics_path, "a") as f:
                             f.write(json.dumps(record) + "\n")
                         assert writer is not None
                         for k, v in record.items():
-                            if k != "step":
+                            if k not in ("step", "bn_splits"):  # bn_splits is a setting, not a curve
                                 writer.add_scalar(f"train/{k}", v, step)
                     progress.update(task, completed=step, stats=(
                         f"loss {loss_mean:.4f}  lr {lr:.4g}  {img_s:.1f} img/s  epoch {epoch + 1}/{cfg.epochs}"))
@@ -295,4 +368,9 @@ def train(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, sho
                 save(finished=step >= total_steps)
     if is_main and bad_images:
         console.print(f"[yellow]skipped {bad_images} unreadable image(s)[/yellow]")
-    return out / CHECKPOINT_NAME
+    wall = elapsed_before + time.time() - started
+    return RunSummary(
+        out=out, checkpoint=out / CHECKPOINT_NAME, method=cfg.method, arch=cfg.arch, steps=step,
+        epochs=step / steps_per_epoch, planned_epochs=cfg.epochs, final_loss=last_loss,
+        img_per_s=step * cfg.batch_size / wall if wall > 0 else 0.0, wall_clock_s=wall, bn_splits=model.bn_splits,
+        world_size=world, bad_images=bad_images, already_finished=False)
