@@ -11,11 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-DETECTRON2_INSTALL_HINT = (
-    "detectron2 is not on PyPI: install it from its official repository following "
-    "https://detectron2.readthedocs.io/en/latest/tutorials/install.html "
-    "(it needs 'setuptools<81' at run time)"
-)
+from detco_bench.errors import DETECTRON2_INSTALL_HINT
 
 # Sub-folders of the datasets root that each benchmark family needs (Detectron2's layout).
 DATASET_FOLDERS: dict[str, tuple[str, ...]] = {

@@ -26,6 +26,13 @@ class UserError(Exception):
 EXIT_RUN_FAILED = 1
 EXIT_BAD_INPUT = 2
 
+#: What to do when detectron2 is missing (`detco-bench doctor` and the engine registry say it).
+DETECTRON2_INSTALL_HINT = (
+    "detectron2 is not on PyPI: install it from its official repository following "
+    "https://detectron2.readthedocs.io/en/latest/tutorials/install.html "
+    "(it needs 'setuptools<81' at run time)"
+)
+
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, PretrainInputError)
 RUN_ERRORS: tuple[type[BaseException], ...] = (NonFiniteLossError,)
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from detco_bench.errors import UserError
 from detco_bench.task_label import TaskLabel
+from pretrain.atomic import atomic_write_text
 
 FAMILIES: tuple[str, ...] = (
     "c4",
@@ -420,8 +421,6 @@ def write_subset_json(src: str | os.PathLike, dst: str | os.PathLike, fraction: 
     Returns a summary (counts and the chosen image ids' sha256). Raises `UserError` for an
     unreadable source.
     """
-    from pretrain.atomic import atomic_write_text
-
     src, dst = Path(src), Path(dst)
     try:
         data = json.loads(src.read_text(encoding="utf-8"))

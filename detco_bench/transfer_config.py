@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import difflib
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,6 +32,7 @@ import yaml
 
 from detco_bench.errors import UserError
 from detco_bench.package_data import package_data_dir
+from detco_bench.tasks import TASKS, Task, get_task
 
 CONFIG_DIR_ENV = "DETCO_BENCH_TRANSFER_CONFIGS"
 BASE_KEY = "_BASE_"
@@ -321,8 +323,6 @@ def apply_opts(
 
 
 def _close_keys(key: str, cfg: Mapping[str, Any]) -> list[str]:
-    import difflib
-
     return difflib.get_close_matches(key, list(flatten(cfg)), n=3, cutoff=0.75)
 
 
@@ -332,8 +332,6 @@ def _close_keys(key: str, cfg: Mapping[str, Any]) -> list[str]:
 
 def task_config(task: Any) -> Config:
     """The decoded `_BASE_` chain of a task (a `Task`, a task name, or a config file name)."""
-    from detco_bench.tasks import TASKS, Task, get_task
-
     if isinstance(task, Task):
         return load_config_file(task.config)
     if isinstance(task, str) and (task in TASKS or not task.endswith((".yaml", ".yml"))):

@@ -9,18 +9,20 @@ Creating the derived ``labelTrainIds`` / ``instanceIds`` files is `cityscapes_pr
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pycocotools.mask as mask_util
+from cityscapesscripts.helpers.labels import labels, trainId2label
+from PIL import Image
 
 from detco_bench.errors import UserError
 
 
 def _cityscapes_labels() -> tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...], tuple[int, ...]]:
-    from cityscapesscripts.helpers.labels import labels, trainId2label
-
     things = [lb for lb in labels if lb.hasInstances and not lb.ignoreInEval]
     stuff = [trainId2label[i] for i in range(19)]
     return (
@@ -65,8 +67,6 @@ def cityscapes_files(image_dir: str | os.PathLike, gt_dir: str | os.PathLike) ->
 
 
 def _image_size(path: str) -> tuple[int, int]:
-    from PIL import Image
-
     with Image.open(path) as im:
         return im.height, im.width
 
@@ -91,9 +91,6 @@ def load_cityscapes_semantic(image_dir: str | os.PathLike, gt_dir: str | os.Path
 
 
 def _instances_of(f: dict[str, str]) -> dict[str, Any]:
-    import pycocotools.mask as mask_util
-    from PIL import Image
-
     with Image.open(f["instance_ids"]) as im:
         inst = np.asarray(im, dtype=np.int32)
     h, w = inst.shape
@@ -143,8 +140,6 @@ def load_cityscapes_instances(
         raise UserError(f"{len(missing)} *_gtFine_instanceIds.png missing, e.g. {missing[0]}")
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     if workers > 1 and len(files) > 64:
-        import multiprocessing as mp
-
         with mp.get_context("spawn").Pool(workers) as pool:
             return pool.map(_instances_of, files, chunksize=16)
     return [_instances_of(f) for f in files]

@@ -7,14 +7,20 @@ cityscapesScripts' createTrainIdLabelImgs (``*_gtFine_labelTrainIds.png``) and, 
 from __future__ import annotations
 
 import io
+import multiprocessing as mp
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cityscapesscripts.helpers.annotation import Annotation
+from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
+from cityscapesscripts.preparation.json2labelImg import createLabelImage
+from PIL import Image
 
 from detco_bench.errors import UserError
+from pretrain.atomic import atomic_write_bytes
 
 
 def cityscapes_root(root: str | os.PathLike) -> Path:
@@ -28,19 +34,12 @@ def cityscapes_root(root: str | os.PathLike) -> Path:
 
 
 def _png_bytes(array: np.ndarray) -> bytes:
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
 def _make_train_ids(json_file: str) -> str:
-    from cityscapesscripts.helpers.annotation import Annotation
-    from cityscapesscripts.preparation.json2labelImg import createLabelImage
-
-    from pretrain.atomic import atomic_write_bytes
-
     annotation = Annotation()
     annotation.fromJsonFile(json_file)
     image = createLabelImage(annotation, "trainIds")
@@ -50,11 +49,6 @@ def _make_train_ids(json_file: str) -> str:
 
 
 def _make_instance_ids(json_file: str) -> str:
-    from cityscapesscripts.helpers.annotation import Annotation
-    from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
-
-    from pretrain.atomic import atomic_write_bytes
-
     annotation = Annotation()
     annotation.fromJsonFile(json_file)
     # cityscapesScripts draws into a 32-bit "I" image and saves it as PNG, which Pillow >= 13
@@ -112,8 +106,6 @@ def prepare_cityscapes(
             progress(done, len(jobs))
 
     if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-
         with mp.get_context("spawn").Pool(workers) as pool:
             for dst in pool.imap_unordered(_run_job, jobs, chunksize=8):
                 count(dst)

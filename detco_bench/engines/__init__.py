@@ -15,7 +15,7 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from detco_bench.errors import UserError
+from detco_bench.errors import DETECTRON2_INSTALL_HINT, UserError
 
 if TYPE_CHECKING:
     from detco_bench.transfer.plan import TransferPlan
@@ -66,14 +66,12 @@ class _Detectron2Engine(_ModuleEngine):
         super().__init__("detectron2", DETECTRON2_ENGINE_MODULE)
 
     def available(self) -> str | None:
-        # Deferred: both modules import torch / rich, which `import detco_bench.engines` must not.
+        # Deferred: checkpoints imports torch, which `import detco_bench.engines` must not.
         from detco_bench.checkpoints import detectron2_import_error
 
         error = detectron2_import_error()
         if error is None:
             return None
-        from detco_bench.doctor import DETECTRON2_INSTALL_HINT
-
         return f"detectron2 is not importable ({error}); {DETECTRON2_INSTALL_HINT}"
 
 

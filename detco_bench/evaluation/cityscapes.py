@@ -17,13 +17,16 @@ one process then calls ``evaluate``.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from detco_bench.datasets.cityscapes import CITYSCAPES_THING_IDS, CITYSCAPES_TRAINID_TO_ID
 
@@ -54,7 +57,6 @@ class _NumpyCompat:
 def _write_dict_json(data: Any, path: str) -> None:
     """cityscapesScripts' writeDict2JSON, also accepting numpy scalars (numpy 2's count_nonzero
     returns np.int64, which its ``default=lambda o: o.__dict__`` cannot serialize)."""
-    import json
 
     def default(o: Any) -> Any:
         return o.item() if isinstance(o, np.generic) else o.__dict__
@@ -65,9 +67,8 @@ def _write_dict_json(data: Any, path: str) -> None:
 
 def _cityscapes_module(name: str) -> Any:
     """A cityscapesScripts evaluation module, made to work with numpy 2 (module-local patches:
-    ``np.in1d``, removed in numpy 2.4, and JSON dumps of numpy scalars)."""
-    import importlib
-
+    ``np.in1d``, removed in numpy 2.4, and JSON dumps of numpy scalars). Imported by name when
+    first evaluated: these modules read $CITYSCAPES_DATASET and build their args at import."""
     module = importlib.import_module(f"cityscapesscripts.evaluation.{name}")
     if not hasattr(np, "in1d") and not isinstance(module.np, _NumpyCompat):
         module.np = _NumpyCompat()
@@ -132,8 +133,6 @@ class SemanticWriter(_PredictionFolder):
             self._lut[train_id] = label_id
 
     def add(self, image_file: str | os.PathLike, train_ids: np.ndarray) -> Path:
-        from PIL import Image
-
         train_ids = np.asarray(train_ids)
         label_ids = self._lut[np.clip(train_ids, 0, 255).astype(np.uint8)]
         path = self.pred_dir / f"{_stem(image_file)}_pred.png"
@@ -165,8 +164,6 @@ class InstanceWriter(_PredictionFolder):
 
     def add(self, image_file: str | os.PathLike, masks: np.ndarray, classes: np.ndarray, scores: np.ndarray) -> Path:
         """masks: N x H x W bool; classes: indices into CITYSCAPES_THING_CLASSES; scores: N."""
-        from PIL import Image
-
         stem = _stem(image_file)
         lines = []
         for i, (mask, cls, score) in enumerate(zip(masks, classes, scores, strict=True)):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from detco_bench.task_label import TaskLabel
+
 
 def task_name(mode: str, dataset: str) -> str:
     """`linear_protocol` on ImageNet is the paper's number; elsewhere the dataset is in the name,
     so a probe on another dataset is never compared with the ImageNet reference."""
-    from detco_bench.task_label import TaskLabel
-
     base = {"protocol": "linear_protocol", "fast": "linear_fast", "knn": "linear_knn",
             "stages": "linear_stages"}[mode]
     return str(TaskLabel(base, variant=None if dataset == "imagenet" else dataset))

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import detco_bench
 
 
 def utc_iso(value: datetime | float | int | str | None) -> str:
@@ -23,16 +27,12 @@ def utc_iso(value: datetime | float | int | str | None) -> str:
 
 
 def _package_versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    import detco_bench
-
     versions: dict[str, str | None] = {}
     for name in ("torch", "torchvision", "detectron2"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            module = __import__("sys").modules.get(name)
+            module = sys.modules.get(name)
             versions[name] = getattr(module, "__version__", None) if module is not None else None
     versions["detco_bench"] = detco_bench.__version__
     return versions

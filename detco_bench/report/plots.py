@@ -28,6 +28,8 @@ CURVES_PNG = "training_curves.png"
 MAX_LEGEND = 12  # more bars than this: a legend would cover the plot
 
 
+# matplotlib is imported inside the functions that draw: it takes about a second to import, and
+# the terminal, CSV and --check reports (what CI runs) draw nothing.
 def _figure_png(fig: Any) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 

@@ -1,4 +1,4 @@
-"""The terminal report: rich tables that fit the console (rich is imported only when drawn).
+"""The terminal report: rich tables that fit the console.
 
 Every table fits the console's width (`terminal_layout`): at 80 columns the label, engine, n and
 the first metrics are shown and the rest is named in a footnote (the files have everything).
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections import Counter
 from typing import Any
+
+from rich.text import Text
 
 from detco_bench.report.build import Report
 from detco_bench.report.check import STATUS_FAIL, STATUS_MISSING, STATUS_PASS
@@ -31,9 +33,7 @@ _RICH_VERDICT = {VERDICT_SIGNIFICANT: "bold", VERDICT_NOISE: "grey50"}
 _RICH_PROTOCOL = {PROTOCOL_ADAPTED: "yellow", PROTOCOL_UNKNOWN: "grey50"}
 
 
-def _text(value: Any, style: str = "") -> Any:
-    from rich.text import Text
-
+def _text(value: Any, style: str = "") -> Text:
     return Text(str(value), style=style)  # never parsed as markup: labels hold "[1a2b3c4d]"
 
 

@@ -13,6 +13,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
 
@@ -99,7 +101,7 @@ def welch_deltas(pairs: Sequence[tuple[Sequence[float], Sequence[float]]]) -> li
         tests.append((len(out), delta, na, nb, se2, df))
         out.append(None)
     if tests:
-        import numpy as np
+        # Deferred: scipy.stats takes 1-2 s to import, and most reports (one seed) test nothing.
         from scipy import stats
 
         _, deltas, _, _, se2s, dfs = (np.array(col, dtype=float) for col in zip(*tests, strict=True))

@@ -14,6 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from rich import box
+from rich.cells import cell_len
+from rich.measure import Measurement
+from rich.table import Table
+
 UNBOUNDED = 10_000  # a width no console has: measures a table's natural minimum
 FOOTNOTE_NAMES = 4  # columns named in the "not shown" footnote; the rest are counted
 LABEL_MIN_WIDTH = 30  # a folding column keeps this much (or its widest cell) before others are shown
@@ -41,8 +46,6 @@ class Layout:
 
 
 def _cell_width(cell: Any) -> int:
-    from rich.cells import cell_len
-
     text = getattr(cell, "plain", cell)
     return max((cell_len(line) for line in str(text).splitlines()), default=0)
 
@@ -57,12 +60,9 @@ def _min_width(column: Column) -> int:
     return min(LABEL_MIN_WIDTH, _natural_width(column))
 
 
-def _table(columns: Sequence[Column], layout: Layout, title: str | None, fold_width: int | None = None) -> Any:
+def _table(columns: Sequence[Column], layout: Layout, title: str | None, fold_width: int | None = None) -> Table:
     """The rich Table; the folding column gets `fold_width` (default: its minimum). A fixed width
     keeps rich from squeezing it below that (rich would then crop the last columns instead)."""
-    from rich import box
-    from rich.table import Table
-
     table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
                   show_edge=False, pad_edge=False, title_style="bold")
     for c in columns:
@@ -81,8 +81,6 @@ def fit_table(console: Any, columns: Sequence[Column], layout: Layout | None = N
     """(a rich Table no wider than the console, headers of the optional columns left out). At
     most one column should fold (`wrap`): it gets the width the others leave, up to its widest
     cell."""
-    from rich.measure import Measurement
-
     layout = layout or Layout()
     options = console.options.update(max_width=UNBOUNDED)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cityscapesscripts.helpers.labels import id2label, name2label
 
 from detco_bench.synthetic.common import (
     DEFAULT_IMAGE_SIZE,
@@ -30,8 +31,6 @@ CITYSCAPES_CITIES: dict[str, str] = {"train": "synthtrain", "val": "synthval"}
 
 
 def _cityscapes_label(name: str) -> Any:
-    from cityscapesscripts.helpers.labels import name2label
-
     return name2label[name]
 
 
@@ -86,8 +85,6 @@ def cityscapes_annotation(scene: Scene) -> dict[str, Any]:
         objects.append({"label": label.name, "polygon": mask_to_cityscapes_polygon(region)})
     color = np.zeros((h, w, 4), dtype=np.uint8)
     color[..., 3] = 255
-    from cityscapesscripts.helpers.labels import id2label
-
     for lid in np.unique(label_ids).tolist():
         color[label_ids == lid, :3] = id2label[lid].color
     polygons = {"imgHeight": h, "imgWidth": w, "objects": objects}

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pretrain.atomic import atomic_write, atomic_write_bytes
 
@@ -48,9 +50,6 @@ def progress_bar(total: int, description: str, enabled: bool) -> Iterator[Callab
     if not enabled or total < PROGRESS_MIN_IMAGES:
         yield lambda: None
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     console = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, transient=True,
