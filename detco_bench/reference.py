@@ -25,6 +25,7 @@ import pandas as pd
 from detco_bench.errors import UserError
 from detco_bench.package_data import package_data_dir
 from detco_bench.task_label import TaskLabel
+from detco_bench.tasks import Task, find_benchmark
 
 REFERENCE_COLUMNS = ["method", "pretrain_epochs", "task", "schedule", "engine", "metric", "value",
                      "spread", "source"]
@@ -39,6 +40,7 @@ VOC_SPREAD = {"AP": 0.2, "AP50": 0.2, "AP75": 0.4}
 # Multipliers of the VOC pattern for COCO-protocol tasks, whose paper numbers are single runs.
 FULL_SCHEDULE_SCALE = 1.5   # 1x / 2x schedules, keypoints, DensePose: 0.3 / 0.3 / 0.6
 SHORT_SCHEDULE_SCALE = 2.5  # 12k schedules and semi-supervised subsets: 0.5 / 0.5 / 1.0
+SHORT_SCHEDULE_MAX_ITER = 12_000  # a registry task of at most this many iterations has a short schedule
 CITYSCAPES_INST_SPREAD = {"AP": 0.8, "AP50": 1.2}
 MIOU_SPREAD = 0.5
 CLASSIFICATION_SPREAD = 0.2
@@ -46,21 +48,24 @@ FALLBACK_SPREAD = 0.5
 
 
 def default_spread(task: str, metric: str) -> float:
-    """The documented default run-to-run spread for a (task, metric) (detco_bench/references/README.md)."""
+    """The documented default run-to-run spread for a (task, metric) (detco_bench/references/README.md),
+    by the metric and the task's model family and schedule in the task registry (`detco_bench.tasks`)."""
     # A name outside the label grammar is taken as a bare task name: reference files may hold any.
     label = TaskLabel.try_parse(task) or TaskLabel(task)
-    base, subset = label.base, label.subset
+    benchmark = find_benchmark(label.base)
+    family = benchmark.family if isinstance(benchmark, Task) else None  # reference-only tasks have none
     leaf = metric.rsplit("/", 1)[-1]
-    if base.startswith("voc"):
-        return VOC_SPREAD.get(leaf, CLASSIFICATION_SPREAD if leaf == "mAP" else VOC_SPREAD["AP75"])
     if leaf == "mIoU":
         return MIOU_SPREAD
-    if metric.startswith(("top", "knn")) or leaf in ("top1", "top5"):
+    if leaf in ("top1", "top5", "mAP") or metric.startswith(("top", "knn")):  # classification (VOC07 SVM: mAP)
         return CLASSIFICATION_SPREAD
-    if base.startswith("cityscapes"):
+    if family == "voc_c4":
+        return VOC_SPREAD.get(leaf, VOC_SPREAD["AP75"])
+    if family == "cityscapes_inst":
         return CITYSCAPES_INST_SPREAD.get(leaf, CITYSCAPES_INST_SPREAD["AP50"])
     if leaf.startswith("AP"):
-        scale = SHORT_SCHEDULE_SCALE if (subset or base.endswith("_12k")) else FULL_SCHEDULE_SCALE
+        short = bool(label.subset) or (isinstance(benchmark, Task) and benchmark.max_iter <= SHORT_SCHEDULE_MAX_ITER)
+        scale = SHORT_SCHEDULE_SCALE if short else FULL_SCHEDULE_SCALE
         return round(VOC_SPREAD.get(leaf, VOC_SPREAD["AP75"]) * scale, 3)
     return FALLBACK_SPREAD
 

@@ -199,6 +199,25 @@ def test_reference_spreads_and_methods() -> None:
     assert (ref[ref.task != "linear_protocol"].query("task != 'voc07_svm'").engine == "detectron2").all()
 
 
+def test_default_spread_follows_the_task_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The family and schedule come from `tasks.TASKS`, not from the name's prefix."""
+    import dataclasses
+
+    from detco_bench import tasks
+
+    assert default_spread("retinanet_12k.synthetic", "bbox/AP") == 0.5  # 12k iterations: short schedule
+    assert default_spread("keypoint_fpn_2x", "keypoints/AP75") == 0.6
+    assert default_spread("cityscapes_inst_fpn+opts", "segm/AP") == 0.8
+    assert default_spread("voc07_svm", "mAP") == 0.2
+    # a task registered under a new name is read by its family and schedule
+    voc = dataclasses.replace(tasks.TASKS["voc_c4_24k"], name="pascal_c4")
+    short = dataclasses.replace(tasks.TASKS["coco_fpn_1x"], name="my_fpn", max_iter=6000)
+    monkeypatch.setitem(tasks.TASKS, "pascal_c4", voc)
+    monkeypatch.setitem(tasks.TASKS, "my_fpn", short)
+    assert default_spread("pascal_c4", "bbox/AP75") == 0.4
+    assert default_spread("my_fpn", "bbox/AP") == 0.5
+
+
 def test_smoke_reference_loads_the_measured_smoke_suite() -> None:
     assert (reference_dir() / "smoke.csv").read_text().startswith("method,pretrain_epochs,task")
     ref = load_reference("smoke")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from detco_bench.errors import UserError
+from detco_bench.linear.config import MODES as LINEAR_MODES
+from detco_bench.linear.naming import probe_name
 from detco_bench.tasks import get_task
-
-LINEAR_MODES = ("protocol", "fast", "knn", "stages")
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Job:
 
     @property
     def name(self) -> str:
-        base = self.task if self.kind == "transfer" else f"linear_{self.task}"
+        base = self.task if self.kind == "transfer" else probe_name(self.task)
         return f"{self.subject}/{base}-s{self.seed}" if self.subject else f"{base}-s{self.seed}"
 
 
