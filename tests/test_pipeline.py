@@ -302,3 +302,20 @@ def test_report_has_a_delta_against_every_baseline_run(setup: tuple[Path, Path],
     evaluated = next(g for g in report.groups if not g.baseline)
     against = {d.baseline.method for d in report.deltas if d.group is evaluated and d.metric == "knn_top1"}
     assert against == {"random", "mine", "unknown"}
+
+
+def test_python_m_detco_bench_is_the_cli_and_help_does_not_import_torch(tmp_path: Path) -> None:
+    """``python -m detco_bench`` runs the CLI; its --help stays light (no torch, no report or
+    pipeline modules): the commands defer their heavy imports."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "detco_bench", "--help"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout and "transfer" in result.stdout
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "detco_bench.cli" in imported
+    assert not {m for m in imported if m == "torch" or m.startswith(("torch.", "detco_bench.report",
+                                                                       "detco_bench.pipeline"))}
+    bad = subprocess.run([sys.executable, "-m", "detco_bench", "report", str(tmp_path / "none")], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ")
