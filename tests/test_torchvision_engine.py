@@ -239,6 +239,52 @@ def test_resume_continues_from_saved_iteration_bit_exactly(
     assert run_transfer(again, log=lambda m: None).status == "finished"
 
 
+def _periodic(out: Path) -> list[str]:
+    return sorted(p.name for p in out.glob("model_[0-9]*.pth"))
+
+
+def test_keep_checkpoints_prunes_periodic_files_and_resume_stays_exact(
+    world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CHECKPOINT_PERIOD 1: the default (--keep-checkpoints 1) leaves the newest periodic file and
+    model_final.pth. A run interrupted with K=2 and resumed with K=1 prunes the older files after
+    its next save and ends with the uninterrupted run's weights."""
+    import detco_bench.engines.torchvision.train.loop as T
+
+    opts = ["SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "1"]
+    ref = tmp_path / "ref"
+    assert run_transfer(make_plan(world, "coco_fpn_12k", "resnet18", ref, opts), log=lambda m: None).status == "success"
+    assert _periodic(ref) == ["model_0000002.pth"] and (ref / "model_final.pth").is_file()
+
+    out = tmp_path / "resumed"
+
+    def interrupt(done: int, values: dict[str, float]) -> None:
+        if done == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "after_step", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer(make_plan(world, "coco_fpn_12k", "resnet18", out, opts, keep_checkpoints=2), log=lambda m: None)
+    assert _periodic(out) == ["model_0000000.pth", "model_0000001.pth"]
+    monkeypatch.setattr(T, "after_step", None)
+
+    plan = make_plan(world, "coco_fpn_12k", "resnet18", out, opts)  # K=1 now; the same job
+    assert plan.state["status"] == "resume"
+    assert run_transfer(plan, log=lambda m: None).status == "success"
+    assert _periodic(out) == ["model_0000002.pth"]
+    a = torch.load(out / "model_final.pth", weights_only=True)
+    b = torch.load(ref / "model_final.pth", weights_only=True)
+    for key, value in b["model"].items():
+        assert torch.equal(a["model"][key], value), key
+
+
+def test_keep_checkpoints_zero_keeps_every_periodic_file(world: dict[str, Path], tmp_path: Path) -> None:
+    opts = ["SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "1"]
+    plan = make_plan(world, "coco_fpn_12k", "resnet18", tmp_path / "all", opts, keep_checkpoints=0)
+    assert run_transfer(plan, log=lambda m: None).status == "success"
+    assert _periodic(tmp_path / "all") == ["model_0000000.pth", "model_0000001.pth"]
+
+
 # --------------------------------------------------------------------------------------------
 # Evaluation only (--eval-weights)
 

@@ -86,8 +86,16 @@ class TransferOptions:
                                       "Results store for the record (default $DETCO_BENCH_RESULTS or results/runs).")
     cache_dir: Path | None = option(None, "--cache-dir",
                                     "Converted-weights cache (default $DETCO_BENCH_CACHE or ~/.cache/detco-bench).")
+    keep_checkpoints: int = option(
+        1, "--keep-checkpoints",
+        "Periodic checkpoints (model_<iter>.pth) kept: the newest K, older ones deleted after each save; "
+        "model_final.pth is always kept. 0 keeps them all.")
     force: bool = option(False, "--force", "Rerun a finished job / replace another job's folder.", replay=False)
     opts: list[str] = field(default_factory=list, metadata={"cli": False})
+
+    def __post_init__(self) -> None:
+        if self.keep_checkpoints < 0:
+            raise UserError(f"--keep-checkpoints must be 0 (keep all) or more, got {self.keep_checkpoints}")
 
     def replace(self, **changes: Any) -> TransferOptions:
         return dataclasses.replace(self, **changes)

@@ -72,7 +72,7 @@ def _worker(plan_dict: dict[str, Any]) -> str | None:
     if plan.eval_weights is not None:
         results = _evaluate_only(plan, cfg)
     else:
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, keep_checkpoints=plan.options.keep_checkpoints)
         trainer.resume_or_load(resume=plan.resume)
         if trainer.start_iter:
             logger.info("resuming from iteration %d", trainer.start_iter)

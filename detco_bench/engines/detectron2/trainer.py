@@ -4,12 +4,13 @@ at the end) with our evaluators and the semantic-segmentation data pipeline."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetMapper, build_detection_train_loader
 from detectron2.data import transforms as T
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, HookBase, hooks
 from detectron2.evaluation import DatasetEvaluator
 
 from detco_bench.engines.detectron2.evaluators import build_evaluator
@@ -40,8 +41,24 @@ def semantic_augmentations(cfg: CfgNode) -> list[T.Augmentation]:
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with the evaluator of each test dataset's kind and, for SemanticSegmentor,
-    `semantic_augmentations`."""
+    """DefaultTrainer with the evaluator of each test dataset's kind, for SemanticSegmentor
+    `semantic_augmentations`, and ``--keep-checkpoints``: `keep_checkpoints` periodic checkpoints
+    kept (the newest; 0: all), model_final.pth always."""
+
+    def __init__(self, cfg: CfgNode, keep_checkpoints: int = 0) -> None:
+        self.keep_checkpoints = keep_checkpoints  # read by build_hooks, which DefaultTrainer.__init__ calls
+        super().__init__(cfg)
+
+    def build_hooks(self) -> list[HookBase | None]:
+        built = super().build_hooks()
+        for hook in built:
+            if isinstance(hook, hooks.PeriodicCheckpointer) and self.keep_checkpoints:
+                hook.max_to_keep = self.keep_checkpoints
+                # The files an interrupted run left count too (fvcore only tracks its own saves);
+                # the names are zero-padded (model_0004999.pth), so sorting them sorts by iteration.
+                found = Path(self.cfg.OUTPUT_DIR).glob(f"{hook.file_prefix}_[0-9]*.pth")
+                hook.recent_checkpoints = sorted(str(p) for p in found)
+        return built
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str) -> DatasetEvaluator:

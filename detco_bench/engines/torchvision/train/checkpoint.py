@@ -2,10 +2,12 @@
 
 ``model_<iter:07d>.pth`` every CHECKPOINT_PERIOD iterations and ``model_final.pth``, written
 atomically by rank 0, named in ``last_checkpoint`` (the file detco-bench's transfer state looks
-for). A checkpoint holds the model, optimizer, grad scaler, the number of completed iterations, every
-rank's torch RNG state and every rank's `RankState` modules (e.g. RetinaNet's loss-normaliser EMA),
-so a resumed run continues at exactly the saved iteration with the same data order, augmentation
-and loss scale.
+for). After each save only the newest `keep` periodic files stay (``--keep-checkpoints``; 0 keeps
+all); ``model_final.pth`` and the file ``last_checkpoint`` names are never deleted. A checkpoint
+holds the model, optimizer, grad scaler, the number of completed iterations, every rank's torch
+RNG state and every rank's `RankState` modules (e.g. RetinaNet's loss-normaliser EMA), so a
+resumed run continues at exactly the saved iteration with the same data order, augmentation and
+loss scale.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ LAST_CHECKPOINT = "last_checkpoint"
 
 
 FINAL_NAME = "model_final.pth"
+
+
+def periodic_checkpoints(out: Path) -> list[Path]:
+    """The periodic checkpoints in `out`, oldest first (their names are zero-padded, so sorting
+    them sorts by iteration; model_final.pth does not match)."""
+    return sorted(out.glob("model_[0-9]*.pth"))
 
 
 def _rng_state() -> dict[str, Any]:
@@ -71,8 +79,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 class Checkpointer:
     """Periodic and final checkpoints in `out` (rank 0 writes; every rank reads)."""
 
-    def __init__(self, out: str | Path, rank: int = 0, world: int = 1, meta: dict[str, Any] | None = None) -> None:
+    def __init__(self, out: str | Path, rank: int = 0, world: int = 1, meta: dict[str, Any] | None = None,
+                 keep: int = 0) -> None:
         self.out = Path(out)
+        self.keep = keep  # periodic checkpoints kept (the newest); 0: all
         self.rank = rank
         self.world = world
         self.meta = dict(meta or {})
@@ -114,7 +124,17 @@ class Checkpointer:
         path = self.out / name
         atomic_torch_save(path, data)
         atomic_write_text(self.out / LAST_CHECKPOINT, name)
+        self._prune(path)
         return path
+
+    def _prune(self, saved: Path) -> None:
+        """Delete the periodic checkpoints beyond the newest `keep` (after `saved` is named in
+        ``last_checkpoint``, so a kill in between leaves a resumable folder)."""
+        if not self.keep:
+            return
+        for old in periodic_checkpoints(self.out)[:-self.keep]:
+            if old != saved:
+                old.unlink(missing_ok=True)
 
     def load(
         self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, scaler: Any

@@ -105,7 +105,8 @@ def train(job: Job, evaluate: Callable[[], dict[str, float]] | None = None) -> N
 
     model = job.model
     optimizer = build_optimizer(model, s)
-    checkpointer = Checkpointer(job.out, rank, world, meta={"run_id": job.plan.run_id, "task": job.plan.task_label})
+    checkpointer = Checkpointer(job.out, rank, world, meta={"run_id": job.plan.run_id, "task": job.plan.task_label},
+                                keep=job.plan.options.keep_checkpoints)
     start_iter = 0
     last = checkpointer.last() if job.plan.resume else None
     if last is not None:
