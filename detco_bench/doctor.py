@@ -8,6 +8,7 @@ import os
 import platform
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -45,8 +46,6 @@ def module_version(name: str) -> tuple[str | None, str | None]:
 
 def run_doctor(console: Console) -> int:
     """Print the environment report; returns the number of problems that block the default job."""
-    import torch
-
     problems = 0
     table = Table(title="detco-bench doctor", show_lines=False)
     table.add_column("component")
@@ -60,7 +59,7 @@ def run_doctor(console: Console) -> int:
             table.add_row(name, "[red]missing[/red]", err or "")
         else:
             table.add_row(name, "ok", version)
-    try:
+    try:  # the probe itself: torchvision's compiled ops may fail to load
         from torchvision.ops import nms
 
         nms(torch.zeros(1, 4), torch.zeros(1), 0.5)

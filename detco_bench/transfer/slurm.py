@@ -78,9 +78,7 @@ class SlurmJob:
         self.plan = plan
 
     def __call__(self) -> str | None:
-        import submitit
-
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        _submitit().helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         plan = TransferPlan.from_dict(self.plan)
         rank = int(os.environ.get("RANK", "0"))
         t0 = time.monotonic()
@@ -97,11 +95,9 @@ class SlurmJob:
         return str(path) if path is not None else None
 
     def checkpoint(self) -> Any:
-        import submitit
-
         plan = dict(self.plan)
         plan["state"] = dict(plan.get("state") or {}, status="resume")
-        return submitit.helpers.DelayedSubmission(SlurmJob(plan))
+        return _submitit().helpers.DelayedSubmission(SlurmJob(plan))
 
 
 def submit_plan(plan: TransferPlan) -> str:
