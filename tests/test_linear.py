@@ -24,7 +24,9 @@ from detco_bench.linear import (
 )
 from detco_bench.linear import cache as linear_cache
 from detco_bench.linear import protocol as linear_protocol
-from detco_bench.records import read_record
+from detco_bench.linear.config import LinearConfig, protocol_fidelity
+from detco_bench.records import protocol_of, read_record
+from pretrain.lock import LOCK_NAME, folder_lock
 from tests.conftest import save_random_resnet
 
 runner = CliRunner()
@@ -290,3 +292,57 @@ def test_bad_fast_head_exits_2(easy_data: Path, random_resnet18: Path, tmp_path:
                                  "--out", str(tmp_path / "o"), "--mode", "fast", "--fast-head", "svm",
                                  "--workers", "0", "--no-progress"])
     assert result.exit_code == 2 and "unknown --fast-head 'svm'" in result.stderr, result.output
+
+
+def test_a_second_writer_of_the_folder_exits_2_with_one_line(easy_data: Path, random_resnet18: Path,
+                                                             tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    with folder_lock(out):  # another `linear` (or any detco-bench writer) holds the folder
+        result = runner.invoke(app, ["linear", "--checkpoint", str(random_resnet18), "--data", str(easy_data),
+                                     "--out", str(out), "--mode", "knn", "--image-size", "32", "--workers", "0",
+                                     "--no-progress"])
+    assert result.exit_code == 2, result.output
+    lines = [x for x in result.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "another detco-bench process" in lines[0], lines
+    assert [p.name for p in out.iterdir()] == [LOCK_NAME], "the refused writer wrote nothing"
+    # Released, the folder (holding only its lock file) is free for a new run.
+    result = runner.invoke(app, ["linear", "--checkpoint", str(random_resnet18), "--data", str(easy_data),
+                                 "--out", str(out), "--mode", "knn", "--image-size", "32", "--workers", "0",
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+
+
+def test_default_workers_fit_the_machine_and_an_explicit_value_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    import detco_bench.linear.config as linear_config
+
+    monkeypatch.setattr(linear_config, "machine_workers", lambda: 1)  # a 2-core machine
+    assert preset_config("fast").workers == 1
+    assert preset_config("fast", workers=None).workers == 1
+    assert preset_config("fast", workers=8).workers == 8
+    monkeypatch.setattr(linear_config, "machine_workers", lambda: 63)
+    assert preset_config("protocol").workers == 8  # never more than the protocol's default
+
+
+def test_protocol_fidelity_names_every_difference_from_mocos_recipe() -> None:
+    exact = protocol_fidelity(LinearConfig(), "imagenet", 1000)
+    assert exact == {"protocol": "exact", "differences": []}
+    # Workers and seed never change what is measured.
+    assert protocol_fidelity(LinearConfig(workers=2, seed=3), "imagenet", 1000)["protocol"] == "exact"
+    fast = protocol_fidelity(preset_config("fast", epochs=30, lr=10.0, batch_size=64), "easy", 4)
+    assert fast["protocol"] == "adapted"
+    text = "\n".join(fast["differences"])
+    for fragment in ("mode: fast", "epochs: 100 -> 30", "lr: 30.0 -> 10.0", "batch_size: 256 -> 64",
+                     "milestones: (60, 80) -> (18, 24)", "data: easy (4 classes), not ImageNet-1k"):
+        assert fragment in text, text
+    assert "image_size" not in text and "momentum" not in text
+    on_imagenet100 = protocol_fidelity(LinearConfig(), "imagenet", 100)
+    assert on_imagenet100["differences"] == ["data: imagenet (100 classes), not ImageNet-1k"]
+
+
+def test_linear_records_carry_their_protocol_fidelity(easy_data: Path, random_resnet18: Path, tmp_path: Path) -> None:
+    record = read_record(run_linear(random_resnet18, easy_data, tmp_path / "k", _cfg("knn"), show_progress=False))
+    fidelity = protocol_of(record.config)  # what the report reads ("adapted": not compared with the paper)
+    assert fidelity is not None and fidelity["protocol"] == "adapted"
+    assert any(d.startswith("mode: knn") for d in fidelity["differences"])
+    assert any(d.startswith("image_size: 224 -> 32") for d in fidelity["differences"])
+    assert record.protocol == fidelity

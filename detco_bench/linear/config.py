@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from detco_bench.errors import UserError
+from pretrain.config import machine_workers
 
 MODES = ("protocol", "fast", "knn", "stages")
 FAST_HEADS = ("sgd", "lbfgs")
@@ -74,9 +75,45 @@ class LinearConfig:
 
 
 def preset_config(mode: str, **overrides: Any) -> LinearConfig:
+    """The mode's defaults with `overrides` (None values ignored). Without a `workers` override the
+    default (8) is capped by what the machine has (`pretrain.config.machine_workers`: 8 loader
+    processes on 2 cores only slow extraction down); an explicit value is kept."""
     cfg = replace(LinearConfig(mode=mode), **{k: v for k, v in overrides.items() if v is not None})
+    if overrides.get("workers") is None:
+        cfg = replace(cfg, workers=min(cfg.workers, machine_workers()))
     if "milestones" not in overrides and cfg.epochs != 100:
         # Keep the protocol's shape (decay at 60% and 80% of training) for shorter schedules.
         cfg = replace(cfg, milestones=(math.ceil(cfg.epochs * 0.6), math.ceil(cfg.epochs * 0.8)))
     cfg.validate()
     return cfg
+
+
+#: MoCo's linear classification protocol (the paper's linear numbers): these settings, mode
+#: ``protocol``, on ImageNet-1k. The loader workers and the seed do not change what is measured,
+#: nor does the number of GPUs (the backbone's BN is frozen; the batch is global).
+PROTOCOL = LinearConfig()
+PROTOCOL_DATASET, PROTOCOL_CLASSES = "imagenet", 1000
+PROTOCOL_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "image_size")
+APPROXIMATIONS = {
+    "fast": "a head trained on cached features of a few augmented views, not on fresh augmentations each epoch",
+    "knn": "a weighted kNN classifier on centre-crop features, not a trained linear head",
+    "stages": "heads on cached features of every stage, not a res5 linear head on fresh augmentations",
+}
+
+
+def protocol_fidelity(cfg: LinearConfig, dataset: str, classes: int) -> dict[str, Any]:
+    """``{"protocol": "exact"|"adapted", "differences": [...]}`` of a linear evaluation, the shape of
+    a transfer record's (`detco_bench.transfer.protocol`): ``exact`` only for MoCo's recipe on
+    ImageNet-1k; every difference is listed (the mode, each setting, the dataset)."""
+    differences: list[str] = []
+    if cfg.mode != PROTOCOL.mode:
+        differences.append(f"mode: {cfg.mode} ({APPROXIMATIONS.get(cfg.mode, 'not the protocol')})")
+    for key in PROTOCOL_KEYS:
+        published, actual = getattr(PROTOCOL, key), getattr(cfg, key)
+        if isinstance(actual, list):  # milestones given as a list
+            actual = tuple(actual)
+        if published != actual:
+            differences.append(f"{key}: {published!r} -> {actual!r}")
+    if dataset != PROTOCOL_DATASET or classes != PROTOCOL_CLASSES:
+        differences.append(f"data: {dataset} ({classes} classes), not ImageNet-1k")
+    return {"protocol": "adapted" if differences else "exact", "differences": differences}

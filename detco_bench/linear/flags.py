@@ -55,7 +55,7 @@ FLAGS: tuple[LinearFlag, ...] = (
                "(logistic regression, weight decay chosen on held-out training images)."),
     LinearFlag("cache_dtype", "--cache-dtype", str, None, "float32 | float16 for the feature cache."),
     LinearFlag("knn_k", "--knn-k", int, None, "kNN neighbours (default 20)."),
-    LinearFlag("workers", "--workers", int, None, "Data-loading workers (default 8)."),
+    LinearFlag("workers", "--workers", int, None, "Data-loading workers (default 8, fewer on fewer CPUs)."),
     LinearFlag("seed", "--seed", int, None),
     LinearFlag("format", "--format", str, "auto", "Checkpoint format (auto-detected by default)."),
     LinearFlag("method", "--method", str, None, "Method label for the record (default: from the checkpoint)."),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,20 +15,23 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from detco_bench.checkpoints import load_backbone
+from detco_bench.checkpoints import LoadedBackbone, load_backbone
 from detco_bench.errors import UserError
 from detco_bench.linear.backbone import FrozenBackbone, check_frozen, fingerprint
 from detco_bench.linear.cache import cache_splits
-from detco_bench.linear.config import LinearConfig
+from detco_bench.linear.config import LinearConfig, protocol_fidelity
 from detco_bench.linear.data import validate_imagefolder
 from detco_bench.linear.fast import evaluate_head, fit_lbfgs_head, train_sgd_head
 from detco_bench.linear.knn import knn_classify
 from detco_bench.linear.naming import default_dataset_name, task_name
 from detco_bench.linear.protocol import run_protocol
+from detco_bench.paths import check_output_folder, make_output_folder
 from detco_bench.records import CheckpointInfo, ResultRecord, collect_provenance, write_record
+from detco_bench.records.settings import META_KEY
 from pretrain import distributed as dist_utils
 from pretrain.atomic import atomic_write_json
 from pretrain.detco import STAGES
+from pretrain.lock import folder_lock, is_lock_file
 
 ENGINE = "builtin-linear"
 RES5 = len(STAGES) - 1
@@ -65,14 +69,12 @@ def run_cached(backbone: FrozenBackbone, root: Path, classes: list[str], cfg: Li
 
 
 def prepare_out(out: Path, resume: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output path {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not resume:
+    """Refuse an --out that is not a folder, cannot be written, or (without `resume`) holds
+    anything but its lock file; create it."""
+    check_output_folder(out)
+    if out.is_dir() and any(not is_lock_file(p) for p in out.iterdir()) and not resume:
         raise UserError(f"output folder {out} is not empty; pass --resume to continue that run or choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
+    make_output_folder(out)
 
 
 def run_linear(checkpoint: Path, data: Path, out: Path, cfg: LinearConfig, *, fmt: str = "auto",
@@ -94,17 +96,33 @@ def run_linear(checkpoint: Path, data: Path, out: Path, cfg: LinearConfig, *, fm
     is_main = dist_utils.rank() == 0
     if is_main:
         prepare_out(out, resume)
-        done = sorted(out.glob("*.record.json"))
-        if done:
-            console.print(f"linear evaluation in {out} already finished: {done[0]}", soft_wrap=True)
-            return done[0]
+    # One writer per folder: the main process holds the lock to the end (a second one exits 2).
+    with folder_lock(out) if is_main else nullcontext():
+        if is_main:
+            prepare_out(out, resume)  # again: another writer may have filled it before we got the lock
+            done = sorted(out.glob("*.record.json"))
+            if done:
+                console.print(f"linear evaluation in {out} already finished: {done[0]}", soft_wrap=True)
+                return done[0]
+        return _run_locked(checkpoint, data, out, cfg, loaded, classes, device, method=method, baseline=baseline,
+                           dataset_name=dataset_name, show_progress=show_progress, console=console,
+                           before_check=before_check)
+
+
+def _run_locked(checkpoint: Path, data: Path, out: Path, cfg: LinearConfig, loaded: LoadedBackbone,
+                classes: list[str], device: torch.device, *, method: str | None, baseline: bool,
+                dataset_name: str | None, show_progress: bool, console: Console,
+                before_check: Callable[[FrozenBackbone], None] | None) -> Path:
+    """`run_linear` once the checks passed and the folder is this process's (see there)."""
+    is_main = dist_utils.rank() == 0
     sha = CheckpointInfo.from_file(checkpoint, "?", None).sha256 or ""
     dataset = dataset_name or default_dataset_name(data, len(classes))
     backbone = FrozenBackbone(loaded).to(device)
     expected = fingerprint(backbone.trunk.state_dict())
     started, t0 = datetime.now(timezone.utc), time.time()
     config = asdict(cfg) | {"checkpoint": str(checkpoint), "data": str(data), "dataset": dataset,
-                            "classes": len(classes), "arch": loaded.arch, "checkpoint_format": loaded.format}
+                            "classes": len(classes), "arch": loaded.arch, "checkpoint_format": loaded.format,
+                            META_KEY: {"protocol": protocol_fidelity(cfg, dataset, len(classes))}}
     if is_main:
         atomic_write_json(out / "config.json", config)
     with _progress(console, show_progress and is_main) as progress:
