@@ -9,8 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from detco_bench.cli import app
 from pretrain.lock import LOCK_NAME, FolderLockedError, folder_lock
+from tests.conftest import save_random_resnet
+from tests.test_linear import _easy_imagefolder
 
 REPO = Path(__file__).resolve().parents[1]
 HOLD = "import sys, time; from pretrain.lock import folder_lock\nwith folder_lock(sys.argv[1]):\n" \
@@ -54,3 +58,17 @@ def test_temp_files_of_killed_writes_are_removed(tmp_path: Path) -> None:
     (folder / "keep.tmp").write_bytes(b"not ours")  # not an atomic-write temp name
     with folder_lock(folder):
         assert sorted(p.name for p in folder.iterdir()) == sorted([LOCK_NAME, "keep.tmp"])
+
+
+def test_run_on_a_folder_another_process_writes_exits_2_with_one_line(tmp_path: Path) -> None:
+    ck = save_random_resnet(tmp_path / "r18.pth")
+    data = _easy_imagefolder(tmp_path / "easy", per_class_train=2, per_class_val=1)
+    out = tmp_path / "p"
+    with folder_lock(out):  # another `run` on the same pipeline folder
+        result = CliRunner().invoke(app, ["run", "--checkpoint", str(ck), "--out", str(out), "--suite", "linear:knn",
+                                          "--linear-data", str(data), "--device", "cpu", "--no-report",
+                                          "--linear-flags", "--image-size 32 --workers 0"])
+    assert result.exit_code == 2, result.output
+    lines = [x for x in result.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "another detco-bench process" in lines[0], lines
+    assert [p.name for p in out.iterdir()] == [LOCK_NAME], "the refused pipeline wrote nothing"
