@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pretrain import config as config_module
 from pretrain.augment import JigsawPatches, global_view_transform
-from pretrain.config import PRESETS, preset
+from pretrain.config import PRESETS, machine_workers, preset
 from pretrain.detco import DetCo, ResNetTrunk, info_nce
 from pretrain.errors import PretrainInputError
 from tests.conftest import tiny_config
@@ -234,3 +235,18 @@ def test_presets_follow_the_paper() -> None:
     assert PRESETS["mocov2_r50_200ep"].method == "mocov2"
     assert PRESETS["detco_aa_r50_200ep"].method == "detco_aa"
     assert preset("smoke", batch_size=32, queue_size=256).lr == pytest.approx(0.03 * 32 / 256)
+
+
+@pytest.mark.parametrize("cpus,local_world,expected", [(2, None, 1), (1, None, 0), (16, None, 15), (16, "8", 1)])
+def test_worker_default_fits_the_machine(monkeypatch: pytest.MonkeyPatch, cpus: int, local_world: str | None,
+                                         expected: int) -> None:
+    """A preset's worker count is capped to the CPUs per process minus one; an explicit one is kept."""
+    monkeypatch.setattr(config_module.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    if local_world is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world)
+    assert machine_workers() == expected
+    assert preset("detco_r50_200ep").workers == min(PRESETS["detco_r50_200ep"].workers, expected)
+    assert preset("smoke", workers=None).workers == min(PRESETS["smoke"].workers, expected)
+    assert preset("detco_r50_200ep", workers=6).workers == 6

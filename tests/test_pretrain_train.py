@@ -42,7 +42,10 @@ def test_checkpoint_format(tmp_path: Path) -> None:
     assert state["format"] == CHECKPOINT_FORMAT and state["format_version"] == 1
     assert (state["method"], state["arch"], state["epoch"], state["step"]) == ("detco", "resnet18", 1, 3)
     assert state["finished"] is True
-    assert PretrainConfig.from_dict(state["config"]) == tiny_config(epochs=1)
+    # The config records the split-BN groups the run used: batch 4 on one process -> 2 groups of 2.
+    assert PretrainConfig.from_dict(state["config"]) == tiny_config(epochs=1, bn_splits=2)
+    assert state["bn_splits"] == 2 and json.loads((tmp_path / "run" / "config.json").read_text())["bn_splits"] == 2
+    assert state["loss"] is not None and math.isfinite(state["loss"])
     # The exported backbone is a torchvision ResNet state dict (fc excepted) equal to the query trunk.
     import torchvision
 
@@ -53,6 +56,8 @@ def test_checkpoint_format(tmp_path: Path) -> None:
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3]
     assert {"loss", "lr", "img_per_s", "loss/res5/g2l", "loss/res2/l2l"} <= set(lines[0])
+    assert {x["bn_splits"] for x in lines} == {2}
+    assert state["loss"] == lines[-1]["loss"]
     assert any((tmp_path / "run" / "tb").iterdir())
 
 
@@ -72,6 +77,9 @@ def test_resume_refuses_a_different_configuration(tmp_path: Path) -> None:
     train(cfg, tmp_path / "run", show_progress=False)
     with pytest.raises(PretrainInputError, match="different configuration.*temperature"):
         train(dataclasses.replace(cfg, temperature=0.5), tmp_path / "run", resume=True, show_progress=False)
+    # An explicit, different number of BN groups changes what is learned: refused too.
+    with pytest.raises(PretrainInputError, match="different configuration.*bn_splits: run has 2, asked 1"):
+        train(dataclasses.replace(cfg, bn_splits=1), tmp_path / "run", resume=True, show_progress=False)
 
 
 def test_real_kill_and_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
@@ -99,7 +107,11 @@ def test_real_kill_and_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     proc.wait()
     assert killed_at is not None, "the run finished before it could be killed; make it longer"
     assert not load_checkpoint(run / "checkpoint.pth")["finished"]
+    stale = run / ".checkpoint.pth.k1ll3d.tmp"  # what a kill during a checkpoint write leaves
+    stale.write_bytes(b"half a checkpoint")
+    # The killed run's lock is taken over; its temp file is removed by the next writer.
     subprocess.run([*cli, *common, "--out", str(run), "--resume"], check=True, env=env, capture_output=True)
+    assert not stale.exists()
     _assert_same_weights(_final_model(tmp_path / "clean" / "checkpoint.pth"),
                          _final_model(run / "checkpoint.pth"))
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -129,6 +141,7 @@ def test_image_folder_recursive_with_unreadable_images(tmp_path: Path) -> None:
     ("missing", "does not exist"),
     ("empty", "no images found"),
     ("file", "is not a folder"),
+    ("unreadable", r"none of the 3 image file\(s\) under .* can be read \(unreadable image .*broken0.jpg"),
 ])
 def test_bad_data_paths(tmp_path: Path, setup: str, message: str) -> None:
     data = tmp_path / "data"
@@ -136,6 +149,8 @@ def test_bad_data_paths(tmp_path: Path, setup: str, message: str) -> None:
         data.mkdir()
     elif setup == "file":
         data.write_text("x")
+    elif setup == "unreadable":
+        _write_images(data, 0, bad=3)
     with pytest.raises(PretrainInputError, match=message):
         train(tiny_config(data=str(data)), tmp_path / "run", show_progress=False)
     assert not (tmp_path / "run").exists(), "nothing is written for a run that cannot start"
@@ -144,29 +159,56 @@ def test_bad_data_paths(tmp_path: Path, setup: str, message: str) -> None:
 def test_fewer_images_than_one_batch(tmp_path: Path) -> None:
     with pytest.raises(PretrainInputError, match="fewer than one global batch"):
         train(tiny_config(synthetic_images=3), tmp_path / "run", show_progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 AMP_STEPS = 20
+AMP_PARALLEL = 2
+# A bf16 run in a fresh interpreter (its own heap history) on one thread: on a busy 2-core box two
+# OpenMP threads per process run these tiny kernels ~10x slower (measured: 80-100 s instead of 8 s),
+# and the load the test needs comes from the processes running at once.
+AMP_WORKER = """import json, sys, torch
+from pretrain.config import PretrainConfig
+from pretrain.train import train
+torch.set_num_threads(1)
+train(PretrainConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2], show_progress=False)
+"""
 
 
-def test_amp_and_channels_last_step_on_cpu(tmp_path: Path) -> None:
-    """bf16 autocast + channels_last for 20 steps on the CPU: finite losses, and finite weights of a
-    sane size (a step that trained on uninitialised gradient memory leaves ~1e29 or NaN there)."""
-    cfg = tiny_config(epochs=1, synthetic_images=4 * AMP_STEPS, amp=True, channels_last=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny bf16 kernels: one thread is ~5x faster than two on a busy 2-core box
-    try:
-        ckpt = train(cfg, tmp_path / "run", show_progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [x["step"] for x in lines] == list(range(1, AMP_STEPS + 1))
-    assert all(math.isfinite(v) for x in lines for k, v in x.items() if k.startswith("loss"))
-    state = load_checkpoint(ckpt)
+def _assert_stable_bf16_run(run: Path) -> None:
+    """AMP_STEPS logged steps with finite losses, and finite weights of a sane size (a step that
+    trained on uninitialised gradient memory leaves ~1e29 or NaN there)."""
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == list(range(1, AMP_STEPS + 1)), run
+    assert all(math.isfinite(v) for x in lines for k, v in x.items() if k.startswith("loss")), run
+    state = load_checkpoint(run / "checkpoint.pth")
     assert state["step"] == AMP_STEPS and state["finished"]
     for name, value in state["model"].items():
         if value.is_floating_point() and "running_" not in name:
-            assert value.abs().max() < 100, f"{name}: max |w| {float(value.abs().max()):.3g}"
+            assert value.abs().max() < 100, f"{run.name} {name}: max |w| {float(value.abs().max()):.3g}"
+
+
+def test_amp_and_channels_last_step_on_cpu(tmp_path: Path) -> None:
+    """bf16 autocast + channels_last (+ split-BN, 2 groups of 2) for 20 steps on the CPU, here and at
+    the same time in 2 more processes: the NaN of issue 13 showed only under parallel load, which
+    changes the memory the bf16 kernels are handed. Every run must end with finite losses and sane
+    weights."""
+    cfg = tiny_config(epochs=1, synthetic_images=4 * AMP_STEPS, amp=True, channels_last=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    runs = [tmp_path / f"parallel{i}" for i in range(AMP_PARALLEL)]
+    procs = [subprocess.Popen([sys.executable, "-c", AMP_WORKER, json.dumps(cfg.to_dict()), str(run)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for run in runs]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny bf16 kernels: one thread is ~5x faster than two on a busy 2-core box
+    try:
+        train(cfg, tmp_path / "run", show_progress=False)
+    finally:
+        torch.set_num_threads(threads)
+        errors = [proc.communicate(timeout=600)[1] for proc in procs]
+    for proc, err in zip(procs, errors, strict=True):
+        assert proc.returncode == 0, err[-3000:]
+    for run in [tmp_path / "run", *runs]:
+        _assert_stable_bf16_run(run)
 
 
 def _nan_at_call(monkeypatch: pytest.MonkeyPatch, bad_call: int, term: str, run: Path) -> list[bytes]:
