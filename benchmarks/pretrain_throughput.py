@@ -2,28 +2,45 @@
 
 Prints, in one run on one machine:
   - training img/s of a full step (forward, backward, SGD, momentum update, enqueue) for MoCo v2
-    and DetCo at a fixed batch, and their ratio;
-  - data-pipeline img/s of one worker (JPEG decode + views) for each method's pipeline;
+    and DetCo at a fixed batch, and their ratio (skipped with --pipeline-only);
+  - data-pipeline samples/s of one worker (one torch thread: JPEG decode + both views, + both
+    jigsaw patch sets for DetCo) for each method, with pretrain.augment's pipeline ("fast") and the
+    torchvision one it replaced ("torchvision", the reference of tests/test_pretrain_augment_stats.py),
+    timed in alternation (A B A B ...) so that a busy machine slows both alike; medians and the
+    median of the per-round ratios; and the workers an 8-GPU node needs to feed its GPUs (at the
+    measured step rate on a GPU, else at 1,000 img/s per GPU);
   - with --compare-amp (CUDA), DetCo img/s at bf16 + channels_last vs fp32.
 
     python benchmarks/pretrain_throughput.py [--arch resnet50] [--batch-size 8] [--steps 3]
+    python benchmarks/pretrain_throughput.py --pipeline-only [--rounds 7] [--pipeline-images 16]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
+import statistics
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
-from pretrain.config import PretrainConfig
-from pretrain.data import ContrastiveViews, FolderSource, find_images
-from pretrain.detco import DetCo
-from pretrain.synthetic import render_scene
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the reference pipeline lives in tests/
+
+from pretrain.config import PretrainConfig  # noqa: E402
+from pretrain.data import ContrastiveViews, FolderSource, find_images  # noqa: E402
+from pretrain.detco import DetCo  # noqa: E402
+from pretrain.synthetic import render_scene  # noqa: E402
+from tests.test_pretrain_augment_stats import ReferenceJigsawPatches, reference_global_view  # noqa: E402
+
+GPUS_PER_NODE = 8
+NOMINAL_GPU_RATE = 1000.0  # img/s per GPU assumed when no GPU is measured
 
 
 def step_throughput(cfg: PretrainConfig, device: torch.device, steps: int, warmup: int = 1) -> float:
@@ -61,14 +78,66 @@ def step_throughput(cfg: PretrainConfig, device: torch.device, steps: int, warmu
     return n * steps / (time.perf_counter() - start)
 
 
-def pipeline_throughput(cfg: PretrainConfig, folder: Path, images: int) -> float:
-    """Samples per second of one data worker: decode + both views (+ both patch sets for DetCo)."""
-    dataset = ContrastiveViews(FolderSource(find_images(folder)), cfg)
-    dataset[0]
-    start = time.perf_counter()
-    for i in range(images):
-        dataset[i % len(dataset)]
-    return images / (time.perf_counter() - start)
+def pipeline_datasets(detco: PretrainConfig, moco: PretrainConfig, folder: Path) -> dict[str, ContrastiveViews]:
+    """The four one-worker pipelines: {MoCo v2, DetCo} x {fast (pretrain.augment), torchvision}."""
+    source = FolderSource(find_images(folder))
+    out = {}
+    for name, cfg in (("MoCo v2", moco), ("DetCo", detco)):
+        out[f"{name} fast"] = ContrastiveViews(source, cfg)
+        old = ContrastiveViews(source, cfg)
+        old.global_view = reference_global_view(cfg.image_size, cfg.randaugment, cfg.autoaugment)
+        if old.patches is not None:
+            old.patches = ReferenceJigsawPatches(cfg.local_resize, cfg.patch_size)
+        out[f"{name} torchvision"] = old
+    return out
+
+
+def interleaved_rates(pipelines: dict[str, Callable[[int], object]], images: int,
+                      rounds: int) -> dict[str, list[float]]:
+    """Samples/s of each pipeline in each round; the pipelines take turns within a round, so that
+    load from other processes falls on all of them alike. Sample indices differ per round."""
+    rates: dict[str, list[float]] = {name: [] for name in pipelines}
+    for fn in pipelines.values():
+        fn(0)  # warm-up
+    for r in range(rounds):
+        for name, fn in pipelines.items():
+            start = time.perf_counter()
+            for i in range(images):
+                fn(r * images + i)
+            rates[name].append(images / (time.perf_counter() - start))
+    return rates
+
+
+def report_pipelines(detco: PretrainConfig, moco: PretrainConfig, images: int, rounds: int,
+                     gpu_rate: dict[str, float] | None) -> None:
+    """Prints per-worker samples/s (fast vs torchvision) and the workers an 8-GPU node needs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a DataLoader worker runs one torch thread
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            for i in range(16):  # ImageNet-like JPEGs (about 500x375)
+                render_scene(0, i, 375, 500).to_pil().save(folder / f"{i}.jpg", quality=90)
+            datasets = pipeline_datasets(detco, moco, folder)
+            rates = interleaved_rates({name: ds.__getitem__ for name, ds in datasets.items()}, images, rounds)
+    finally:
+        torch.set_num_threads(threads)
+    load = os.getloadavg()
+    print(f"data pipeline, one worker (1 torch thread), samples/s, median of {rounds} alternating rounds "
+          f"of {images} samples; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")
+    for method in ("MoCo v2", "DetCo"):
+        fast, old = rates[f"{method} fast"], rates[f"{method} torchvision"]
+        ratios = [f / o for f, o in zip(fast, old, strict=True)]
+        print(f"  {method:7s}  fast {statistics.median(fast):6.1f}  torchvision {statistics.median(old):6.1f}  "
+              f"fast/torchvision x{statistics.median(ratios):.2f} (per-round {min(ratios):.2f}-{max(ratios):.2f})")
+    what = "the measured step rate" if gpu_rate else f"a nominal {NOMINAL_GPU_RATE:.0f} img/s per GPU"
+    print(f"workers for {GPUS_PER_NODE} GPUs at {what} (one CPU core each, fast pipeline):")
+    for method in ("MoCo v2", "DetCo"):
+        per_gpu = gpu_rate[method] if gpu_rate else NOMINAL_GPU_RATE
+        need = GPUS_PER_NODE * per_gpu
+        fast, old = statistics.median(rates[f"{method} fast"]), statistics.median(rates[f"{method} torchvision"])
+        print(f"  {method:7s}  {need:7.0f} img/s -> {math.ceil(need / fast)} workers "
+              f"(torchvision pipeline: {math.ceil(need / old)})")
 
 
 def main() -> None:
@@ -77,7 +146,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--pipeline-images", type=int, default=48)
+    parser.add_argument("--pipeline-images", type=int, default=16, help="samples per pipeline per round")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of the pipeline timing")
+    parser.add_argument("--pipeline-only", action="store_true", help="skip the training-step timing")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (this machine: 2 cores)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compare-amp", action="store_true", help="DetCo bf16+channels_last vs fp32")
@@ -92,25 +163,22 @@ def main() -> None:
     print(f"device: {device_name}; torch {torch.__version__}; {args.arch}, batch {args.batch_size}, "
           f"{args.image_size}px global views, 9x{base.patch_size}px patches, {args.steps} timed steps")
 
-    moco_ips = step_throughput(moco, device, args.steps)
-    detco_ips = step_throughput(detco, device, args.steps)
-    print(f"train step  MoCo v2: {moco_ips:8.2f} img/s")
-    print(f"train step  DetCo  : {detco_ips:8.2f} img/s")
-    print(f"DetCo / MoCo v2 throughput ratio: {detco_ips / moco_ips:.3f} (DetCo step costs "
-          f"{moco_ips / detco_ips:.2f}x MoCo v2's)")
+    gpu_rate = None
+    if not args.pipeline_only:
+        moco_ips = step_throughput(moco, device, args.steps)
+        detco_ips = step_throughput(detco, device, args.steps)
+        print(f"train step  MoCo v2: {moco_ips:8.2f} img/s")
+        print(f"train step  DetCo  : {detco_ips:8.2f} img/s")
+        print(f"DetCo / MoCo v2 throughput ratio: {detco_ips / moco_ips:.3f} (DetCo step costs "
+              f"{moco_ips / detco_ips:.2f}x MoCo v2's)")
+        if device.type == "cuda":
+            gpu_rate = {"MoCo v2": moco_ips, "DetCo": detco_ips}
 
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        for i in range(16):  # ImageNet-like JPEGs (about 500x375)
-            render_scene(0, i, 375, 500).to_pil().save(folder / f"{i}.jpg", quality=90)
-        moco_pipe = pipeline_throughput(moco, folder, args.pipeline_images)
-        detco_pipe = pipeline_throughput(detco, folder, args.pipeline_images)
-    print(f"data pipeline, one worker  MoCo v2: {moco_pipe:7.1f} img/s")
-    print(f"data pipeline, one worker  DetCo  : {detco_pipe:7.1f} img/s (global views + RandAugment + 2 jigsaw sets)")
+    report_pipelines(detco, moco, args.pipeline_images, args.rounds, gpu_rate)
 
     if args.compare_amp:
-        if device.type != "cuda":
-            print("--compare-amp needs a CUDA device; skipped")
+        if device.type != "cuda" or args.pipeline_only:
+            print("--compare-amp needs a CUDA device and the step timing; skipped")
         else:
             fast = dataclasses.replace(detco, amp=True, channels_last=True)
             fast_ips = step_throughput(fast, device, args.steps)

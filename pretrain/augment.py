@@ -1,4 +1,4 @@
-"""The two view pipelines of DetCo, on torchvision.transforms.v2.
+"""The two view pipelines of DetCo: uint8 image tensor in, normalized float views out.
 
 - Global view: the MoCo v2 recipe (RandomResizedCrop scale 0.2-1, colour jitter 0.4/0.4/0.4/0.1
   with p=0.8, grayscale p=0.2, Gaussian blur sigma 0.1-2 with p=0.5, flip), plus RandAugment
@@ -7,17 +7,44 @@
   (255 px in the paper), flip / jitter / blur, cut into a 3x3 grid of cells (85 px), the cells
   shuffled, one random patch (64 px) cropped from each cell.
 
+The crop and the AutoAugment / RandAugment policies are torchvision.transforms.v2's. The MoCo v2
+photometric steps are computed here, because torchvision's are most of a DetCo sample's cost (a
+full 2-D 23x23 blur convolution, an HSV round trip, a uint8 conversion after every step): they
+draw their parameters from torch's global generator in exactly torchvision's order and reproduce
+torchvision's uint8 results (the same floor / round after every step; blur and hue agree to within
+one grey level on a few pixels in ten thousand), several times faster. A sample's views are thus
+those the torchvision pipeline would give for the same seed, and a run resumed across this change
+keeps its augmentation stream.
+
 All randomness comes from torch's global generator, so a caller that seeds it per sample gets
 reproducible views (the training loop does, for exact resume).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as nnf
 from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+JITTER_P, GRAY_P, BLUR_P, FLIP_P = 0.8, 0.2, 0.5, 0.5
+JITTER_RANGES = ((0.6, 1.4), (0.6, 1.4), (0.6, 1.4), (-0.1, 0.1))  # brightness, contrast, saturation, hue
+BLUR_SIGMA = (0.1, 2.0)
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
+
+_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+# hsv -> rgb as f(n) = V - C * clamp(min(k, 4 - k), 0, 1), k = (n + hue in sixths) mod 6, n = 5, 3, 1
+_HUE_OFFSETS = torch.tensor([5.0, 3.0, 1.0]).view(3, 1, 1)
+# Blur taps lighter than this are dropped (the kernel is 23-25 wide whatever sigma is): at most
+# 25 * 1e-6 of the mass, far below the 0.5 grey level that rounding discards.
+_MIN_TAP = 1e-6
 
 
 def _blur_kernel(size: int) -> int:
@@ -26,27 +53,162 @@ def _blur_kernel(size: int) -> int:
     return k if k % 2 else k + 1
 
 
-def _photometric(size: int) -> list[v2.Transform]:
-    return [
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
-        v2.RandomApply([v2.GaussianBlur(_blur_kernel(size), sigma=(0.1, 2.0))], p=0.5),
-        v2.RandomHorizontalFlip(),
-    ]
+@dataclass(frozen=True)
+class PhotometricParams:
+    """One draw of the MoCo v2 photometric steps: `jitter` the (step, factor) pairs in the order
+    applied (None: no jitter), `gray` grayscale or not, `sigma` the blur's sigma (None: no blur),
+    `flip` a horizontal flip or not."""
+
+    jitter: tuple[tuple[int, float], ...] | None
+    gray: bool
+    sigma: float | None
+    flip: bool
 
 
-_to_float_normalized = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+def _uniform(low: float, high: float) -> float:
+    return float(torch.empty(1).uniform_(low, high).item())
 
 
-def global_view_transform(size: int = 224, randaugment: bool = True, autoaugment: bool = False) -> v2.Compose:
+def sample_photometric() -> PhotometricParams:
+    """Draws the parameters from torch's global generator with torchvision's calls in torchvision's
+    order (RandomApply(ColorJitter), RandomGrayscale, RandomApply(GaussianBlur), RandomHorizontalFlip),
+    so a seed gives the parameters the torchvision pipeline would give."""
+    jitter = None
+    if torch.rand(1) < JITTER_P:  # RandomApply (and every random v2 step) skips when rand >= p
+        order = torch.randperm(4).tolist()
+        factors = [_uniform(low, high) for low, high in JITTER_RANGES]
+        jitter = tuple((step, factors[step]) for step in order)
+    gray = bool(torch.rand(1) < GRAY_P)
+    sigma = _uniform(*BLUR_SIGMA) if torch.rand(1) < BLUR_P else None
+    flip = bool(torch.rand(1) < FLIP_P)
+    return PhotometricParams(jitter, gray, sigma, flip)
+
+
+# The kernels below take and return float32 (C, H, W) images holding whole grey levels 0..255 and
+# quantize like torchvision's uint8 kernels (floor after a blend, round after the blur).
+
+def _luma(image: torch.Tensor) -> torch.Tensor:
+    """(1, H, W) ITU-R 601 grey levels, floored as torchvision's uint8 grayscale."""
+    r, g, b = image.unbind(0)
+    return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).floor_().unsqueeze(0)
+
+
+def _blend(image: torch.Tensor, other: torch.Tensor, ratio: float) -> torch.Tensor:
+    return image.mul(ratio).add_(other, alpha=1.0 - ratio).clamp_(0, 255).floor_()
+
+
+def adjust_brightness(image: torch.Tensor, factor: float) -> torch.Tensor:
+    return image.mul(factor).clamp_(0, 255).floor_()
+
+
+def adjust_contrast(image: torch.Tensor, factor: float) -> torch.Tensor:
+    return _blend(image, _luma(image).mean(), factor)
+
+
+def adjust_saturation(image: torch.Tensor, factor: float) -> torch.Tensor:
+    return _blend(image, _luma(image), factor)
+
+
+def adjust_hue(image: torch.Tensor, factor: float) -> torch.Tensor:
+    """Rotates the hue by `factor` turns, keeping HSV value (the max channel) and chroma
+    (max - min): torchvision's HSV round trip in closed form, without the (3, H, W) stacks."""
+    top, low = image.amax(0), image.amin(0)
+    chroma = top - low
+    r, g, b = image.unbind(0)
+    # hue in sixths of a turn, offset by +6 so that it stays positive after the shift
+    sector = torch.where(top == r, g - b, torch.where(top == g, (b - r).add_(chroma, alpha=2.0),
+                                                      (r - g).add_(chroma, alpha=4.0)))
+    sector.div_(chroma.clamp(min=1.0)).add_(6.0 * factor + 6.0)
+    k = sector + _HUE_OFFSETS
+    k.sub_(k.mul(1.0 / 6.0).floor_().mul_(6.0))
+    weight = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    # torchvision scales the [0, 1] result by 255.999 before truncating to uint8
+    return (top - weight.mul_(chroma)).mul_(255.999 / 255.0).floor_()
+
+
+def to_grayscale(image: torch.Tensor) -> torch.Tensor:
+    """(1, H, W): the later steps run on one channel, the normalization broadcasts it to three."""
+    return _luma(image)
+
+
+def _gaussian_taps(kernel: int, sigma: float) -> list[float]:
+    """torchvision's 1-D Gaussian kernel (softmax of -(x / sigma)^2 on a grid of spacing 1/sqrt 2),
+    with its negligible tail taps set to 0."""
+    lim = (kernel - 1) / (2.0 * math.sqrt(2.0))
+    x = torch.linspace(-lim, lim, steps=kernel)
+    taps = torch.softmax(x.div(sigma).pow(2).neg(), dim=0)
+    return [w if w >= _MIN_TAP else 0.0 for w in taps.tolist()]
+
+
+def _convolve(padded: torch.Tensor, taps: list[float], dim: int, length: int) -> torch.Tensor:
+    """1-D convolution of an already padded image along `dim` (-1 or -2): a sum of shifted slices,
+    which reads memory in order for either axis."""
+    out: torch.Tensor | None = None
+    for i, w in enumerate(taps):
+        if w:
+            window = padded.narrow(dim, i, length)
+            out = window.mul(w) if out is None else out.add_(window, alpha=w)
+    assert out is not None  # the centre tap is never dropped
+    return out
+
+
+def gaussian_blur(image: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
+    """torchvision's kernel x kernel Gaussian blur (reflect padding, rounded to whole levels), as
+    two 1-D passes."""
+    taps = _gaussian_taps(kernel, sigma)
+    r = kernel // 2
+    height, width = image.shape[-2:]
+    rows = _convolve(nnf.pad(image, (r, r, 0, 0), mode="reflect"), taps, -1, width)
+    return _convolve(nnf.pad(rows, (0, 0, r, r), mode="reflect"), taps, -2, height).round_()
+
+
+_JITTER_STEPS = {BRIGHTNESS: adjust_brightness, CONTRAST: adjust_contrast,
+                 SATURATION: adjust_saturation, HUE: adjust_hue}
+
+
+def apply_photometric(image: torch.Tensor, params: PhotometricParams, blur_kernel: int) -> torch.Tensor:
+    """uint8 (3, H, W) -> ImageNet-normalized float32 (3, H, W): jitter, grayscale, blur, flip."""
+    if image.dtype != torch.uint8:
+        raise TypeError(f"the photometric steps take a uint8 image, got {image.dtype}")
+    x = image.float()
+    for step, factor in params.jitter or ():
+        x = _JITTER_STEPS[step](x, factor)
+    if params.gray:
+        x = to_grayscale(x)
+    if params.sigma is not None:
+        x = gaussian_blur(x, blur_kernel, params.sigma)
+    if params.flip:
+        x = x.flip(-1)
+    # ToDtype(scale=True) then Normalize, step for step (broadcasting a grayscale channel to three)
+    return x.mul(1.0 / 255).sub(_MEAN).div_(_STD)
+
+
+class AugmentedView(torch.nn.Module):
+    """uint8 image tensor (3, H, W) -> normalized float view (3, size, size): a random resized crop
+    (`scale`: the crop's share of the image area), the `policies` (AutoAugment / RandAugment) in
+    order, then the MoCo v2 photometric steps."""
+
+    def __init__(self, size: int, scale: tuple[float, float], policies: Sequence[v2.Transform] = ()) -> None:
+        super().__init__()
+        self.crop = v2.RandomResizedCrop(size, scale=scale, antialias=True)
+        self.policies = torch.nn.ModuleList(policies)
+        self.blur_kernel = _blur_kernel(size)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        view = self.crop(image)
+        for policy in self.policies:
+            view = policy(view)
+        return apply_photometric(view, sample_photometric(), self.blur_kernel)
+
+
+def global_view_transform(size: int = 224, randaugment: bool = True, autoaugment: bool = False) -> AugmentedView:
     """uint8 image tensor (3, H, W) -> normalized float view (3, size, size)."""
-    steps: list[v2.Transform] = [v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True)]
+    policies: list[v2.Transform] = []
     if autoaugment:
-        steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET))
+        policies.append(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET))
     if randaugment:
-        steps.append(v2.RandAugment())
-    steps += _photometric(size)
-    return v2.Compose(steps + _to_float_normalized)
+        policies.append(v2.RandAugment())
+    return AugmentedView(size, (0.2, 1.0), policies)
 
 
 class JigsawPatches(torch.nn.Module):
@@ -58,9 +220,7 @@ class JigsawPatches(torch.nn.Module):
             raise ValueError(f"resize {resize} must split into 3 cells of at least {patch} px")
         self.cell = resize // 3
         self.patch = patch
-        self.prepare = v2.Compose(
-            [v2.RandomResizedCrop(resize, scale=(0.6, 1.0), antialias=True), *_photometric(resize),
-             *_to_float_normalized])
+        self.prepare = AugmentedView(resize, (0.6, 1.0))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         grid = self.prepare(image)  # (3, resize, resize)
