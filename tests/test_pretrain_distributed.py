@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 import traceback
@@ -10,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch import nn
 
 WORLD = 2
 
@@ -23,6 +25,7 @@ def _free_port() -> int:
 def _checks(rank: int, out: Path) -> None:
     from pretrain.detco import DetCo
     from pretrain.distributed import batch_shuffle, batch_unshuffle, concat_all_gather
+    from pretrain.split_bn import use_split_bn
     from tests.conftest import tiny_config
 
     # Gather: rank order, every rank sees the same global batch.
@@ -53,6 +56,22 @@ def _checks(rank: int, out: Path) -> None:
     assert int(model.queue_ptr) == 4  # global batch 2 x 2 ranks
     queues = concat_all_gather(model.queue_global[None])
     assert torch.equal(queues[0], queues[1])
+
+    # Split-BN on one process with WORLD groups == plain BN on these WORLD processes, each on its
+    # share of one global batch: same outputs, and running statistics equal to the ranks' mean.
+    torch.manual_seed(0)  # the same BN and global batch on every rank
+    bn, x = nn.BatchNorm2d(3), torch.randn(8, 3, 4, 4) * 2 + 1
+    plain = copy.deepcopy(bn)
+    out_plain = plain(x[rank::WORLD])
+    outs = concat_all_gather(out_plain[None].detach())
+    stats = concat_all_gather(torch.stack([plain.running_mean, plain.running_var])[None])
+    split = copy.deepcopy(bn)
+    use_split_bn(split, WORLD)
+    out_split = split(x).detach()
+    for r in range(WORLD):
+        torch.testing.assert_close(out_split[r::WORLD], outs[r], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(split.running_mean, stats[:, 0].mean(0))
+    torch.testing.assert_close(split.running_var, stats[:, 1].mean(0))
 
     # A NaN on one rank stops both ranks at the same step and term (no rank is left waiting).
     from pretrain.errors import NonFiniteLossError
@@ -113,4 +132,5 @@ def test_two_process_training_run(tmp_path: Path) -> None:
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pth")
     assert state["finished"] and state["step"] == 3  # 12 images / global batch 4
     assert state["environment"]["world_size"] == WORLD
+    assert state["bn_splits"] == 1 and state["config"]["bn_splits"] == 1  # DDP: real shuffle-BN, no split
     assert int(state["model"]["queue_ptr"]) == (3 * 4) % 8
