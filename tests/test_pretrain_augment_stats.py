@@ -32,6 +32,7 @@ from pretrain.augment import (
     adjust_contrast,
     adjust_hue,
     adjust_saturation,
+    adjust_sharpness,
     apply_photometric,
     gaussian_blur,
     global_view_transform,
@@ -109,13 +110,15 @@ def _crops(images: list[torch.Tensor]) -> list[torch.Tensor]:
     return out + [torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))]
 
 
-def test_jitter_and_grayscale_kernels_equal_torchvision(images: list[torch.Tensor]) -> None:
+def test_jitter_grayscale_and_sharpness_kernels_equal_torchvision(images: list[torch.Tensor]) -> None:
     for crop in _crops(images):
         x = crop.float()
         for factor in (0.6, 0.83, 1.0, 1.17, 1.4):
             assert torch.equal(adjust_brightness(x, factor), F.adjust_brightness(crop, factor).float())
             assert torch.equal(adjust_contrast(x, factor), F.adjust_contrast(crop, factor).float())
             assert torch.equal(adjust_saturation(x, factor), F.adjust_saturation(crop, factor).float())
+        for factor in (0.1, 0.55, 1.0, 1.5, 1.9):  # RandAugment / AutoAugment: 1 +- up to 0.99
+            assert torch.equal(adjust_sharpness(crop, factor), F.adjust_sharpness(crop, factor))
         assert torch.equal(to_grayscale(x).expand(3, -1, -1), F.rgb_to_grayscale(crop, 3).float())
 
 
