@@ -1,4 +1,5 @@
-"""torch.distributed helpers with MoCo's semantics; every function is a no-op on one process."""
+"""torch.distributed helpers with MoCo's semantics; every function is a no-op on one process
+(where `pretrain.split_bn` gives the encoders shuffle-BN's behaviour instead)."""
 
 from __future__ import annotations
 
