@@ -12,7 +12,7 @@ photometric steps are computed here, because torchvision's are most of a DetCo s
 full 2-D 23x23 blur convolution, an HSV round trip, a uint8 conversion after every step): they
 draw their parameters from torch's global generator in exactly torchvision's order and reproduce
 torchvision's uint8 results (the same floor / round after every step; blur and hue agree to within
-one grey level on a few pixels in ten thousand), several times faster. A sample's views are thus
+one grey level on about one value in ten thousand), several times faster. A sample's views are thus
 those the torchvision pipeline would give for the same seed, and a run resumed across this change
 keeps its augmentation stream.
 
@@ -94,18 +94,22 @@ def _luma(image: torch.Tensor) -> torch.Tensor:
 
 
 def _blend(image: torch.Tensor, other: torch.Tensor, ratio: float) -> torch.Tensor:
+    """ratio * image + (1 - ratio) * other, clamped and floored."""
     return image.mul(ratio).add_(other, alpha=1.0 - ratio).clamp_(0, 255).floor_()
 
 
 def adjust_brightness(image: torch.Tensor, factor: float) -> torch.Tensor:
+    """The image scaled by `factor` (torchvision's blend with black)."""
     return image.mul(factor).clamp_(0, 255).floor_()
 
 
 def adjust_contrast(image: torch.Tensor, factor: float) -> torch.Tensor:
+    """The image blended with its mean grey level."""
     return _blend(image, _luma(image).mean(), factor)
 
 
 def adjust_saturation(image: torch.Tensor, factor: float) -> torch.Tensor:
+    """The image blended with its grey version."""
     return _blend(image, _luma(image), factor)
 
 
@@ -201,8 +205,8 @@ def adjust_sharpness(image: torch.Tensor, factor: float) -> torch.Tensor:
 
 class _FastSharpness:
     """Mixin for torchvision's AutoAugment / RandAugment: the Sharpness op by `adjust_sharpness`
-    on uint8 images (the same draws and the same result; torchvision's grouped conv2d is a
-    tenth of a policy's cost), every other op as torchvision does it."""
+    on uint8 images (the same draws and the same result; torchvision's grouped conv2d is slow on
+    the CPU), every other op as torchvision does it."""
 
     def _apply_image_or_video_transform(self, image: torch.Tensor, transform_id: str, magnitude: float,
                                         *args: object, **kwargs: object) -> torch.Tensor:
