@@ -36,7 +36,7 @@ class RunSummary:
         """The summary as short lines for the terminal (the checkpoint line is `checkpoint: PATH`)."""
         done = "already finished" if self.already_finished else "finished"
         if self.epochs < self.planned_epochs:
-            done = "stopped early (--max-steps); --resume continues"
+            done = "stopped at --max-steps (--resume continues)"
         loss = "n/a" if self.final_loss is None else f"{self.final_loss:.4f}"
         bn = f"{self.bn_splits} BN group(s) per process x {self.world_size} process(es)"
         return [
