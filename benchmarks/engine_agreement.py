@@ -146,8 +146,8 @@ def main() -> None:
     metrics: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     speed: dict[tuple[str, str], list[float]] = defaultdict(list)
     for family in args.families:
-        for engine in engines:
-            for seed in range(args.seeds):
+        for seed in range(args.seeds):
+            for engine in engines:  # engines alternate, so both see the same machine load
                 values, sec = run_one(family, engine, seed, args, data, checkpoints)
                 for name in METRICS[family]:
                     if math.isfinite(values.get(name, math.nan)):
