@@ -52,6 +52,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             fmts = rep.parse_formats(formats)
         except ValueError as exc:
             raise UserError(str(exc)) from None
+        if not fmts:
+            raise UserError(f"--format {','.join(formats)!r} names no format; choose from {', '.join(rep.FORMATS)}")
         if not k >= 0:
             raise UserError(f"--k must be >= 0, got {k}")
         if paths:
@@ -67,10 +69,12 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200
         out_console = Console(highlight=False, soft_wrap=False, width=width)
         err = Console(stderr=True, highlight=False, soft_wrap=True)
-        if not paths and not scan[0].exists():
-            err.print(f"[yellow]warning:[/] the results store {scan[0]} does not exist yet (no records)")
         result = rep.build_report(scan, reference=reference, check=check, k=k, provenance=provenance,
                                   allow_adapted=allow_adapted)
+        with output_errors(out):  # before any warning: an --out that cannot be written is one error line
+            written = rep.write_report(result, out, fmts, out_console)
+        if not paths and not scan[0].exists():
+            err.print(f"[yellow]warning:[/] the results store {scan[0]} does not exist yet (no records)")
         if result.skipped:
             err.print(f"[yellow]warning:[/] skipped {len(result.skipped)} record file(s):")
             for path, reason in result.skipped:
@@ -78,9 +82,6 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         if not result.records:
             err.print("[yellow]warning:[/] no successful result records found in "
                       + ", ".join(str(p) for p in scan))
-
-        with output_errors(out):
-            written = rep.write_report(result, out, fmts, out_console)
         for path in written:
             out_console.print(f"wrote {path}", markup=False, soft_wrap=True)
 

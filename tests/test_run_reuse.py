@@ -143,3 +143,16 @@ def test_the_report_reads_the_pipelines_records_only(setup: tuple[Path, Path], t
     text = (root / "report" / "report.md").read_text()
     assert "linear_knn.mine" in text and "foreign" not in text
     assert os.environ["DETCO_BENCH_RESULTS"] == str(store)
+
+
+def test_run_names_a_report_only_when_one_was_written(setup: tuple[Path, Path], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every job fails (no record): `run` says there is nothing to report and names no report path."""
+    ck, data = setup
+    monkeypatch.setattr(runner_module, "_check_linear_settings", lambda *args: None)  # let the bad flag reach the job
+    result = cli.invoke(app, ["run", "--checkpoint", str(ck), "--out", str(tmp_path / "p"), "--suite", "linear:knn",
+                              "--linear-data", str(data), "--device", "cpu", "--max-retries", "0",
+                              "--linear-flags", " ".join((*FLAGS, "--knn-k", "0"))])
+    assert result.exit_code == 1, result.output
+    assert "nothing to report" in result.stdout
+    assert "report:" not in result.stdout and not (tmp_path / "p" / "report").exists()

@@ -59,6 +59,10 @@ class LinearConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.aug_copies < 0:
             raise UserError(f"--aug-copies must be 0 or more, got {self.aug_copies}")
+        if not self.lr > 0:
+            raise UserError(f"--lr must be positive, got {self.lr}")
+        if self.workers < 0:
+            raise UserError(f"--workers must be 0 or more, got {self.workers}")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise UserError(f"the held-out fraction must be in (0, 1), got {self.holdout_fraction}")
         if not self.lbfgs_weight_decays or min(self.lbfgs_weight_decays) < 0:

@@ -16,14 +16,16 @@ import torch
 from detco_bench.checkpoints import load_backbone, sha256_file
 from detco_bench.engines import resolve_engine
 from detco_bench.errors import UserError
+from detco_bench.linear.data import validate_imagefolder
 from detco_bench.paths import check_output_folder, make_output_folder
 from detco_bench.pipeline.baselines import Subject, baseline_subjects, check_baselines, parse_baselines
 from detco_bench.pipeline.config import STATE_FILE, PipelineConfig, load_state
 from detco_bench.pipeline.jobs import cli, job_command, submit_job, successful_record, weights_cache_dir
-from detco_bench.pipeline.reuse import record_differences
+from detco_bench.pipeline.reuse import record_differences, requested_linear_config
 from detco_bench.pipeline.suites import Job, parse_suite
 from detco_bench.pipeline.validate import validate_jobs
 from detco_bench.records import read_record
+from detco_bench.transfer.slurm import slurm_executor
 from detco_bench.transfer.weights import ensure_converted, weights_cache_path
 from pretrain.atomic import atomic_write_json
 from pretrain.lock import folder_lock
@@ -103,12 +105,31 @@ def run_pipeline(cfg: PipelineConfig, root: Path, log: Callable[[str], None] = p
     if any(j.kind == "linear" for j in jobs) and not cfg.linear_data:
         raise UserError("the suite has linear-probe jobs: give --linear-data (an ImageFolder root)")
     check_output_folder(root)
+    # What every job would refuse, refused once before the first one starts.
+    resolve_engine(cfg.engine)
+    load_backbone(cfg.checkpoint)
+    if cfg.launcher == "slurm":
+        slurm_executor(root / "slurm")  # no srun / submitit
     validate_jobs(cfg, jobs, root)
+    _check_linear_settings(cfg, jobs, root)
+    if cfg.linear_data and any(j.kind == "linear" for j in jobs):
+        validate_imagefolder(cfg.linear_data)
     check_baselines(specs)
     _check_folder(load_state(root), cfg, root, force)  # early, so that nothing is created for a refusal
     make_output_folder(root)
     with folder_lock(root):  # one pipeline per folder
         return _run_jobs(cfg, root, jobs, specs, log, force)
+
+
+def _check_linear_settings(cfg: PipelineConfig, jobs: list[Job], root: Path) -> None:
+    """Each linear job's flags make a valid `LinearConfig` (``--knn-k 0`` parses, but the job
+    would refuse it)."""
+    for job in jobs:
+        if job.kind == "linear":
+            try:
+                requested_linear_config(job, cfg, root)
+            except UserError as exc:
+                raise UserError(f"job {job.name}: --linear-flags: {exc}") from None
 
 
 def _stale_jobs(cfg: PipelineConfig, root: Path, jobs: list[Job], subjects: dict[str, Subject],

@@ -12,11 +12,12 @@ from typing import Any
 
 from detco_bench.engines import get_engine
 from detco_bench.errors import UserError
+from detco_bench.paths import check_output_folder
 from detco_bench.tasks import write_subset_json
 from detco_bench.transfer.describe import batch_line
 from detco_bench.transfer.outcome import fail_run, start_run
 from detco_bench.transfer.plan import TransferPlan
-from detco_bench.transfer.slurm import submit_plan
+from detco_bench.transfer.slurm import slurm_executor, submit_plan
 from detco_bench.transfer.state import folder_state, read_state, write_state
 from detco_bench.transfer.weights import ensure_converted
 from pretrain.lock import folder_lock
@@ -57,6 +58,12 @@ def _check_runnable(plan: TransferPlan) -> TransferOutcome | None:
     reason = get_engine(plan.engine).available()
     if reason is not None:
         raise UserError(f"engine {plan.engine}: {reason}")
+    if plan.launcher == "slurm":
+        slurm_executor(Path(plan.out_dir) / "slurm")  # no srun / submitit: refused before anything is written
+    # Where the run will write besides its folder: the record, and the converted weights unless cached.
+    check_output_folder(plan.results_dir, "--results")
+    if plan.weights is not None and not Path(plan.weights).is_file():
+        check_output_folder(Path(plan.weights).parent, "--cache-dir")
     return None
 
 

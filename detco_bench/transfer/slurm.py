@@ -33,16 +33,24 @@ def _submitit() -> Any:
     return submitit
 
 
+def slurm_executor(folder: Path) -> Any:
+    """submitit's executor for jobs logged under `folder` (nothing is written yet); a `UserError`
+    when submission cannot work here (no submitit, no srun). Also the check a run makes before
+    it writes anything."""
+    submitit = _submitit()
+    cluster = os.environ.get(SUBMITIT_CLUSTER_ENV) or "slurm"
+    try:
+        return submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
+    except RuntimeError as exc:  # submitit checks for srun
+        raise UserError(f"--launcher slurm: {exc}") from None
+
+
 def submit(fn: Callable[[], Any], folder: Path, *, name: str, spec: SlurmSpec, nodes: int = 1,
            tasks_per_node: int = 1, gpus_per_node: int | None = None) -> str:
     """Submit `fn` (picklable) as one Slurm job with `nodes` x `tasks_per_node` tasks; returns the
     job id. Every failure to submit is a `UserError` (one line)."""
-    submitit = _submitit()
+    executor = slurm_executor(folder)
     cluster = os.environ.get(SUBMITIT_CLUSTER_ENV) or "slurm"
-    try:
-        executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
-    except RuntimeError as exc:  # submitit checks for srun
-        raise UserError(f"--launcher slurm: {exc}") from None
     params: dict[str, Any] = {"name": spec.job_name or name, "nodes": nodes, "tasks_per_node": tasks_per_node,
                               "cpus_per_task": spec.cpus_per_task, "timeout_min": spec.time_min}
     if gpus_per_node:
