@@ -71,6 +71,16 @@ class PretrainConfig:
         for name in ("epochs", "batch_size", "queue_size", "dim", "image_size"):
             if getattr(self, name) <= 0:
                 raise PretrainInputError(f"{name} must be positive, got {getattr(self, name)}")
+        # Named by their command-line flags (--base-lr ...), which set most of them.
+        for name in ("base_lr", "temperature", "synthetic_images", "synthetic_size", "patch_size", "log_every"):
+            if getattr(self, name) <= 0:
+                raise PretrainInputError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("workers", "max_steps", "save_every_steps", "weight_decay", "sgd_momentum"):
+            if getattr(self, name) < 0:
+                raise PretrainInputError(
+                    f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.key_momentum <= 1:
+            raise PretrainInputError(f"key_momentum must be in [0, 1], got {self.key_momentum}")
         if self.bn_splits is not None and self.bn_splits < 1:
             raise PretrainInputError(f"--bn-splits must be at least 1, got {self.bn_splits}")
         if self.queue_size % self.batch_size:

@@ -37,11 +37,6 @@ SYNTHETIC = ["data", "synthetic", "--layout", "coco"]
 UNWRITABLE = "/proc/detco-bench-nowhere"
 
 
-def _pretrain_gap(case: tuple[str, list[str], str]) -> Any:
-    """A pretrain case that `pretrain/` does not refuse yet (it reaches training)."""
-    return pytest.param(*case, id=case[0], marks=pytest.mark.xfail(strict=True, reason="pretrain helper fixing"))
-
-
 def _without_slurm(case: tuple[str, list[str], str]) -> Any:
     """A case that is bad input only where Slurm cannot be reached (no srun)."""
     return pytest.param(*case, id=case[0], marks=pytest.mark.skipif(shutil.which("srun") is not None,
@@ -220,10 +215,9 @@ CASES: list[Any] = [
     ("pretrain-out-under-a-file", ["pretrain", "--out", "{file}/o"], "{file}/o"),
     ("pretrain-out-not-empty", ["pretrain", "--out", "{tmp}/folder"], "not empty"),
     ("pretrain-out-unwritable", ["pretrain", "--out", UNWRITABLE], UNWRITABLE),
-    _pretrain_gap(("pretrain-negative-lr", ["pretrain", "--out", "{tmp}/o", "--base-lr", "-1"], "--base-lr")),
-    _pretrain_gap(("pretrain-negative-workers", ["pretrain", "--out", "{tmp}/o", "--workers", "-1"], "--workers")),
-    _pretrain_gap(("pretrain-negative-max-steps", ["pretrain", "--out", "{tmp}/o", "--max-steps", "-1"],
-                   "--max-steps")),
+    ("pretrain-negative-lr", ["pretrain", "--out", "{tmp}/o", "--base-lr", "-1"], "--base-lr"),
+    ("pretrain-negative-workers", ["pretrain", "--out", "{tmp}/o", "--workers", "-1"], "--workers"),
+    ("pretrain-negative-max-steps", ["pretrain", "--out", "{tmp}/o", "--max-steps", "-1"], "--max-steps"),
     # data
     ("data-unknown-layout", ["data", "synthetic", "--layout", "xml", "--out", "{tmp}/d"], "unknown layout"),
     ("data-out-is-a-file", [*SYNTHETIC, "--out", "{file}"], "not a folder"),
