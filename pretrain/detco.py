@@ -15,7 +15,9 @@ with both off this is exactly MoCo v2.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,7 @@ from torch import nn
 
 from pretrain.config import PretrainConfig
 from pretrain.distributed import batch_shuffle, batch_unshuffle, concat_all_gather, world_size
+from pretrain.optim import momentum_update_
 from pretrain.precision import guard_strided_convs, unit_vectors
 from pretrain.split_bn import local_shuffle, local_unshuffle, use_split_bn
 
@@ -108,6 +111,98 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature:
         return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
 
+QueueIndex = tuple[int, slice, slice]  # queue[stage, :, columns]
+
+
+class _Held:
+    """What a backward graph saves in place of a view of a queue copy: the copy is not rewritten
+    while one is alive (the graph frees it after its backward, or when it is dropped)."""
+
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+
+class QueueCopies:
+    """Copies of the queues for the loss to read as negatives, kept from step to step.
+
+    The loss reads each queue before the enqueue replaces its oldest keys in place, and its
+    backward needs the values it read: so it reads a copy. A new full copy every step (MoCo's
+    `queue.clone()`) costs a queue-sized allocation and copy (two 134 MB queues for DetCo with
+    ResNet-50); these copies are kept and brought up to date by copying only the columns the
+    enqueues wrote since (`write`). That needs nothing else to have written the queue or the copy
+    since, which their autograd version counters tell; otherwise the copy is refreshed in full. A
+    copy that a backward graph still holds (a loss whose backward has not run) is never rewritten:
+    a new one replaces it. Every backward therefore reads exactly the values its forward read.
+    """
+
+    def __init__(self) -> None:
+        self._copies: dict[str, torch.Tensor] = {}
+        self._sources: dict[str, weakref.ref[torch.Tensor]] = {}  # the queue each copy mirrors
+        self._versions: dict[str, tuple[int, int]] = {}  # (queue, copy) versions when last in sync
+        self._stale: dict[str, list[QueueIndex]] = {}  # queue entries written since
+        self._held: weakref.WeakSet[_Held] = weakref.WeakSet()
+
+    def _in_sync(self, name: str, queue: torch.Tensor) -> bool:
+        """Whether the copy equals `queue` but for the entries in `_stale`."""
+        copy_ = self._copies.get(name)
+        return (copy_ is not None and self._sources[name]() is queue
+                and self._versions[name] == (queue._version, copy_._version))
+
+    def read(self, name: str, queue: torch.Tensor) -> torch.Tensor:
+        """A copy of `queue` (the buffer called `name`), equal to it now."""
+        copy_ = self._copies.get(name)
+        reusable = copy_ is not None and not self._held_copy(copy_)
+        if reusable and self._in_sync(name, queue):
+            for index in self._stale[name]:
+                copy_[index] = queue[index]
+        elif reusable and (copy_.shape, copy_.dtype, copy_.device) == (queue.shape, queue.dtype, queue.device):
+            copy_.copy_(queue)
+        else:
+            copy_ = self._copies[name] = queue.detach().clone()
+        self._sources[name], self._stale[name] = weakref.ref(queue), []
+        self._versions[name] = (queue._version, copy_._version)
+        return copy_
+
+    def _held_copy(self, copy_: torch.Tensor) -> bool:
+        storage = copy_.untyped_storage().data_ptr()
+        return any(h.tensor.untyped_storage().data_ptr() == storage for h in self._held)
+
+    @torch.no_grad()
+    def write(self, name: str, queue: torch.Tensor, index: QueueIndex, values: torch.Tensor) -> None:
+        """queue[index] = values (`queue` is the buffer called `name`), noting the entries written."""
+        in_sync = self._in_sync(name, queue)
+        queue[index] = values
+        if in_sync:
+            self._stale[name].append(index)
+            self._versions[name] = (queue._version, self._versions[name][1])
+
+    @contextmanager
+    def held_by_backward(self) -> Iterator[None]:
+        """Within it, a view of a copy that autograd saves for backward marks that copy as held."""
+        storages = {c.untyped_storage().data_ptr() for c in self._copies.values()}
+
+        def pack(t: torch.Tensor) -> torch.Tensor | _Held:
+            if t.untyped_storage().data_ptr() not in storages:
+                return t
+            held = _Held(t)
+            self._held.add(held)
+            return held
+
+        def unpack(saved: torch.Tensor | _Held) -> torch.Tensor:
+            return saved.tensor if isinstance(saved, _Held) else saved
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            yield
+
+    def __getstate__(self) -> dict[str, object]:
+        return {}  # a cache: a pickled or deep-copied model starts with none
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__()  # type: ignore[misc]
+
+
 class DetCo(nn.Module):
     """The query and key encoders, their queues and the loss.
 
@@ -137,12 +232,12 @@ class DetCo(nn.Module):
         if self.local:
             self.register_buffer("queue_local", F.normalize(torch.randn(n, cfg.dim, cfg.queue_size), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.queue_copies = QueueCopies()  # what the loss reads as negatives
 
     @torch.no_grad()
     def momentum_update(self) -> None:
         """key <- m * key + (1 - m) * query, over all encoder parameters (backbone and heads)."""
-        for pq, pk in zip(self.encoder_q.parameters(), self.encoder_k.parameters(), strict=True):
-            pk.mul_(self.momentum).add_(pq.detach(), alpha=1.0 - self.momentum)
+        momentum_update_(list(self.encoder_k.parameters()), list(self.encoder_q.parameters()), self.momentum)
 
     def key_shuffle(self, *xs: torch.Tensor) -> tuple[list[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
         """Shuffle-BN for the key encoder: the key inputs (each (N, ...), an image and its patch set
@@ -165,11 +260,14 @@ class DetCo(nn.Module):
         batch = gathered_g[0].shape[0]
         if self.queue_size % batch:
             raise RuntimeError(f"queue size {self.queue_size} is not a multiple of the global batch {batch}")
+        columns = slice(ptr, ptr + batch)
         for s, k in enumerate(gathered_g):
-            self.queue_global[s, :, ptr:ptr + batch] = k.T.to(self.queue_global.dtype)
+            self.queue_copies.write("queue_global", self.queue_global, (s, slice(None), columns),
+                                    k.T.to(self.queue_global.dtype))
         if keys_local is not None:
             for s, k in enumerate(keys_local):
-                self.queue_local[s, :, ptr:ptr + batch] = concat_all_gather(k).T.to(self.queue_local.dtype)
+                self.queue_copies.write("queue_local", self.queue_local, (s, slice(None), columns),
+                                        concat_all_gather(k).T.to(self.queue_local.dtype))
         self.queue_ptr.fill_((ptr + batch) % self.queue_size)
 
     def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, patches_q: torch.Tensor | None = None,
@@ -194,16 +292,19 @@ class DetCo(nn.Module):
 
         terms: dict[str, torch.Tensor] = {}
         total = im_q.new_zeros((), dtype=torch.float32)
-        queue_g = self.queue_global.clone().detach()
-        queue_l = self.queue_local.clone().detach() if self.local else None
-        for s, (name, w) in enumerate(zip(self.stage_names, self.weights, strict=True)):
-            stage_terms = {"g2g": info_nce(q_g[s], k_g[s], queue_g[s], self.temperature)}
-            if q_l is not None and k_l is not None and queue_l is not None:
-                stage_terms["l2l"] = info_nce(q_l[s], k_l[s], queue_l[s], self.temperature)
-                stage_terms["g2l"] = info_nce(q_l[s], k_g[s], queue_g[s], self.temperature)
-            for term, value in stage_terms.items():
-                terms[f"{name}/{term}"] = value.detach()
-                total = total + w * value
+        # Negatives: the queues as they are before this step's keys go in, read from copies that
+        # the enqueue below leaves alone (the backward of the loss needs those values).
+        queue_g = self.queue_copies.read("queue_global", self.queue_global)
+        queue_l = self.queue_copies.read("queue_local", self.queue_local) if self.local else None
+        with self.queue_copies.held_by_backward():
+            for s, (name, w) in enumerate(zip(self.stage_names, self.weights, strict=True)):
+                stage_terms = {"g2g": info_nce(q_g[s], k_g[s], queue_g[s], self.temperature)}
+                if q_l is not None and k_l is not None and queue_l is not None:
+                    stage_terms["l2l"] = info_nce(q_l[s], k_l[s], queue_l[s], self.temperature)
+                    stage_terms["g2l"] = info_nce(q_l[s], k_g[s], queue_g[s], self.temperature)
+                for term, value in stage_terms.items():
+                    terms[f"{name}/{term}"] = value.detach()
+                    total = total + w * value
         self.enqueue(k_g, k_l)
         return total, terms
 

@@ -38,6 +38,7 @@ from pretrain.data import ContrastiveViews, EpochSampler, ImageSource, build_sou
 from pretrain.detco import DetCo
 from pretrain.errors import NonFiniteLossError, PretrainInputError
 from pretrain.lock import folder_lock, is_lock_file
+from pretrain.optim import pretrain_optimizer
 from pretrain.split_bn import describe_bn, resolve_bn_splits
 from pretrain.summary import RunSummary
 
@@ -256,8 +257,7 @@ def _train_locked(cfg: PretrainConfig, source: ImageSource, out: Path, state: di
     model = DetCo(cfg).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
+    optimizer = pretrain_optimizer(model, cfg)  # torch's SGD, slice by slice on the CPU (pretrain.optim)
     autocast, amp_dtype = _autocast(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 

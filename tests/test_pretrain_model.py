@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -10,9 +11,10 @@ import torch.nn.functional as F
 
 from pretrain import config as config_module
 from pretrain.augment import JigsawPatches, global_view_transform
-from pretrain.config import PRESETS, machine_workers, preset
-from pretrain.detco import DetCo, ResNetTrunk, info_nce
+from pretrain.config import PRESETS, PretrainConfig, machine_workers, preset
+from pretrain.detco import DetCo, QueueCopies, ResNetTrunk, info_nce
 from pretrain.errors import PretrainInputError
+from pretrain.optim import SLICE, SlicedSGD, momentum_update_, pretrain_optimizer
 from tests.conftest import tiny_config
 
 
@@ -250,3 +252,153 @@ def test_worker_default_fits_the_machine(monkeypatch: pytest.MonkeyPatch, cpus: 
     assert preset("detco_r50_200ep").workers == min(PRESETS["detco_r50_200ep"].workers, expected)
     assert preset("smoke", workers=None).workers == min(PRESETS["smoke"].workers, expected)
     assert preset("detco_r50_200ep", workers=6).workers == 6
+
+
+# --- the step's parameter updates and queue copies: bit-identical to the straightforward step ---
+
+
+class _CloneEveryStep:
+    """The straightforward negatives: a fresh clone of each queue every step, enqueued in place."""
+
+    def read(self, name: str, queue: torch.Tensor) -> torch.Tensor:
+        return queue.clone().detach()
+
+    def write(self, name: str, queue: torch.Tensor, index: tuple[int, slice, slice], values: torch.Tensor) -> None:
+        queue[index] = values
+
+    def held_by_backward(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+
+class _StraightforwardDetCo(DetCo):
+    """DetCo with the step as it was written first: full queue clones, whole-tensor momentum update."""
+
+    def __init__(self, cfg: PretrainConfig) -> None:
+        super().__init__(cfg)
+        self.queue_copies = _CloneEveryStep()  # type: ignore[assignment]
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        for pq, pk in zip(self.encoder_q.parameters(), self.encoder_k.parameters(), strict=True):
+            pk.mul_(self.momentum).add_(pq.detach(), alpha=1.0 - self.momentum)
+
+
+def _train_steps(model: DetCo, optimizer: torch.optim.Optimizer, steps: int) -> list[dict[str, torch.Tensor]]:
+    """`steps` training steps as pretrain.train runs them (cosine lr per step) on seeded random views;
+    returns each step's loss and terms."""
+    out = []
+    for step in range(steps):
+        torch.manual_seed(100 + step)
+        views = _views(model)
+        for group in optimizer.param_groups:
+            group["lr"] = 0.5 * (1 + math.cos(math.pi * step / steps)) * 0.03
+        loss, terms = model(**views)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        out.append({"loss": loss.detach(), **terms})
+    return out
+
+
+def _assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str) -> None:
+    assert a.keys() == b.keys(), what
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{what}: {k} differs"
+
+
+@pytest.mark.parametrize("overrides", [{}, {"bn_splits": 2}, {"multi_level": False, "local_contrast": False}],
+                         ids=["detco", "detco-split-bn", "mocov2"])
+def test_steps_bit_identical_to_straightforward_step(overrides: dict[str, object]) -> None:
+    """Steps with pretrain.optim's SGD and momentum update and the kept queue copies give the same
+    bits as torch's for-loop SGD, the whole-tensor momentum update and a queue clone per step:
+    losses, every weight and buffer (both encoders, queues, queue pointer, BN statistics) and the
+    SGD momentum buffers. Three steps wrap the 8-key queue around (batch 4)."""
+    cfg = tiny_config(queue_size=8, weight_decay=1e-4, **overrides)
+    torch.manual_seed(0)
+    model = DetCo(cfg)
+    torch.manual_seed(0)
+    reference = _StraightforwardDetCo(cfg)
+    optimizer = pretrain_optimizer(model, cfg)
+    ref_optimizer = torch.optim.SGD([p for p in reference.parameters() if p.requires_grad], lr=cfg.lr,
+                                    momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay, foreach=False)
+    assert any(p.numel() > SLICE and p.numel() % SLICE for p in model.parameters()), "no sliced tensor with a tail"
+
+    got, expected = _train_steps(model, optimizer, 3), _train_steps(reference, ref_optimizer, 3)
+    for step, (g, e) in enumerate(zip(got, expected, strict=True)):
+        _assert_identical(g, e, f"step {step + 1} loss")
+    _assert_identical(model.state_dict(), reference.state_dict(), "weights and buffers")
+    bufs = {str(i): optimizer.state[p]["momentum_buffer"] for i, p in enumerate(optimizer.param_groups[0]["params"])}
+    ref_bufs = {str(i): ref_optimizer.state[p]["momentum_buffer"]
+                for i, p in enumerate(ref_optimizer.param_groups[0]["params"])}
+    _assert_identical(bufs, ref_bufs, "SGD momentum buffers")
+    assert optimizer.state_dict()["param_groups"] == [
+        g | {"foreach": None} for g in ref_optimizer.state_dict()["param_groups"]], "same state dict as torch's SGD"
+
+
+@pytest.mark.parametrize("numel", [1, SLICE, SLICE + 1, 5 * SLICE + 4099])
+def test_sliced_updates_match_whole_tensor_ops(numel: int) -> None:
+    """ATen gives each element of these ops the same bits wherever it falls in the tensor (slice
+    boundaries move the vectorised body / scalar tail split), the premise of pretrain.optim."""
+    torch.manual_seed(numel)
+    p, g, buf, q = (torch.randn(numel) * 10.0 ** float(e) for e in (0, -3, -2, 0))
+    k_sliced, k_whole = p.clone(), p.clone()
+    momentum_update_([k_sliced], [q], 0.999)
+    k_whole.mul_(0.999).add_(q, alpha=1 - 0.999)
+    assert torch.equal(k_sliced, k_whole)
+
+    params = [torch.nn.Parameter(p.clone()) for _ in range(2)]
+    opts = [SlicedSGD([params[0]], lr=0.1, momentum=0.9, weight_decay=1e-4),
+            torch.optim.SGD([params[1]], lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=False)]
+    for step in range(3):
+        for param, opt in zip(params, opts, strict=True):
+            param.grad = (g * (step + 1)).clone()
+            opt.param_groups[0]["lr"] = 0.1 / (step + 1)
+            opt.step()
+    assert torch.equal(params[0], params[1])
+    assert torch.equal(opts[0].state[params[0]]["momentum_buffer"], opts[1].state[params[1]]["momentum_buffer"])
+
+
+def test_pending_backward_keeps_its_negatives() -> None:
+    """Two forwards, then the first loss's backward: it reads the queues as its own forward did
+    (its copy is held, not rewritten), as with a clone per step."""
+    grads = []
+    for cls in (DetCo, _StraightforwardDetCo):
+        torch.manual_seed(0)
+        model = cls(tiny_config())
+        torch.manual_seed(1)
+        first, _ = model(**_views(model))
+        second, _ = model(**_views(model))
+        first.backward()
+        grads.append([p.grad.clone() for p in model.encoder_q.parameters() if p.grad is not None])
+        second.backward()
+    assert len(grads[0]) == len(grads[1]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
+def test_queue_copies_follow_every_change_of_the_queue() -> None:
+    """A copy equals its queue after tracked writes (updated in place, the same storage), after an
+    untracked in-place change and after the queue is replaced; a copy a graph holds is left alone."""
+    copies = QueueCopies()
+    queue = torch.randn(2, 4, 8)
+    first = copies.read("q", queue)
+    assert torch.equal(first, queue) and first.data_ptr() != queue.data_ptr()
+    copies.write("q", queue, (1, slice(None), slice(2, 4)), torch.ones(4, 2))
+    again = copies.read("q", queue)
+    assert torch.equal(again, queue) and again.data_ptr() == first.data_ptr()
+    queue.mul_(2)  # not through `write`: the version counter tells
+    assert torch.equal(copies.read("q", queue), queue)
+    replaced = torch.randn(2, 4, 8)
+    assert torch.equal(copies.read("q", replaced), replaced)
+
+    x = torch.randn(3, 4, requires_grad=True)
+    held = copies.read("q", replaced)
+    with copies.held_by_backward():
+        loss = (x @ held[0]).sum()  # saves a view of the copy for backward
+    kept = held.clone()
+    copies.write("q", replaced, (0, slice(None), slice(0, 2)), torch.zeros(4, 2))
+    fresh = copies.read("q", replaced)
+    assert fresh.data_ptr() != held.data_ptr() and torch.equal(held, kept) and torch.equal(fresh, replaced)
+    loss.backward()
+    torch.testing.assert_close(x.grad, torch.ones(3, 8) @ kept[0].T)  # the values the forward read
+    del loss
+    assert copies.read("q", replaced).data_ptr() == fresh.data_ptr(), "a released copy is reused"
