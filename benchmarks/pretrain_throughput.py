@@ -1,17 +1,20 @@
 """Pretraining throughput: the MoCo v2 step vs the DetCo step, and the two data pipelines.
 
 Prints, in one run on one machine:
-  - training img/s of a full step (forward, backward, SGD, momentum update, enqueue) for MoCo v2
-    and DetCo at a fixed batch, and their ratio (skipped with --pipeline-only);
+  - seconds and img/s of a full training step (forward, backward, SGD, momentum update, enqueue;
+    pretrain.train's model and optimizer) for MoCo v2 and DetCo at a fixed batch, their steps taken
+    in alternation (A B A B ...) so that a busy machine slows both alike; medians and the median of
+    the per-round ratios, with the load average before and after (skipped with --pipeline-only);
   - data-pipeline samples/s of one worker (one torch thread: JPEG decode + both views, + both
     jigsaw patch sets for DetCo) for each method, with pretrain.augment's pipeline ("fast") and the
     torchvision one it replaced ("torchvision", the reference of tests/test_pretrain_augment_stats.py),
     timed in alternation (A B A B ...) so that a busy machine slows both alike; medians and the
     median of the per-round ratios; and the workers an 8-GPU node needs to feed its GPUs (at the
     measured step rate on a GPU, else at 1,000 img/s per GPU);
-  - with --compare-amp (CUDA), DetCo img/s at bf16 + channels_last vs fp32.
+  - with --compare-amp (CUDA), DetCo img/s at bf16 + channels_last vs fp32 (also alternated).
 
     python benchmarks/pretrain_throughput.py [--arch resnet50] [--batch-size 8] [--steps 3]
+    python benchmarks/pretrain_throughput.py --step-only --steps 5   # the step timing alone
     python benchmarks/pretrain_throughput.py --pipeline-only [--rounds 7] [--pipeline-images 16]
 """
 
@@ -36,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the reference
 from pretrain.config import PretrainConfig  # noqa: E402
 from pretrain.data import ContrastiveViews, FolderSource, find_images  # noqa: E402
 from pretrain.detco import DetCo  # noqa: E402
+from pretrain.optim import pretrain_optimizer  # noqa: E402
 from pretrain.synthetic import render_scene  # noqa: E402
 from tests.test_pretrain_augment_stats import ReferenceJigsawPatches, reference_global_view  # noqa: E402
 
@@ -43,13 +47,15 @@ GPUS_PER_NODE = 8
 NOMINAL_GPU_RATE = 1000.0  # img/s per GPU assumed when no GPU is measured
 
 
-def step_throughput(cfg: PretrainConfig, device: torch.device, steps: int, warmup: int = 1) -> float:
-    """Training images per second of the full contrastive step on random inputs of the right shapes."""
+def step_runner(cfg: PretrainConfig, device: torch.device) -> Callable[[], tuple[float, float]]:
+    """A function that runs one full training step (forward, backward, SGD, momentum update,
+    enqueue: pretrain.train's model and optimizer) on random inputs of the right shapes and
+    returns its (wall-clock seconds, CPU seconds of this process)."""
     torch.manual_seed(0)
     model = DetCo(cfg).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.03, momentum=0.9)
+    opt = pretrain_optimizer(model, cfg)
     n, s, p = cfg.batch_size, cfg.image_size, cfg.patch_size
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     views = {"im_q": torch.randn(n, 3, s, s, device=device).contiguous(memory_format=fmt),
@@ -59,23 +65,61 @@ def step_throughput(cfg: PretrainConfig, device: torch.device, steps: int, warmu
                   "patches_k": torch.randn(n, 9, 3, p, p, device=device)}
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp else nullcontext()
 
-    def one_step() -> None:
+    def one_step() -> tuple[float, float]:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start, start_cpu = time.perf_counter(), time.process_time()
         with autocast:
             loss, _ = model(**views)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start, time.process_time() - start_cpu
 
-    for _ in range(warmup):
-        one_step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
+    return one_step
+
+
+def interleaved_step_times(cfgs: dict[str, PretrainConfig], device: torch.device, steps: int,
+                           warmup: int = 1) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) seconds of each timed step per config, the configs taking turns step by step
+    (A B A B ...) so that load from other processes falls on all of them alike; `warmup` untimed
+    steps each first."""
+    runners = {name: step_runner(cfg, device) for name, cfg in cfgs.items()}
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in runners}
     for _ in range(steps):
-        one_step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return n * steps / (time.perf_counter() - start)
+        for name, run in runners.items():
+            times[name].append(run())
+    return times
+
+
+def report_steps(times: dict[str, list[tuple[float, float]]], batch: int, base: str, other: str) -> dict[str, float]:
+    """Prints each config's median wall-clock and CPU seconds per step and img/s, and the medians of
+    the per-round ratios other/base of both; returns the median (wall-clock) img/s per config.
+
+    CPU seconds count this process's threads only, so on a shared machine they move less with other
+    processes' load than wall-clock does (OpenMP threads waiting at a barrier still count)."""
+    wall = {name: [w for w, _ in t] for name, t in times.items()}
+    cpu = {name: [c for _, c in t] for name, t in times.items()}
+    rates = {name: batch / statistics.median(w) for name, w in wall.items()}
+    for name in times:
+        steps = " ".join(f"{x:.2f}" for x in wall[name])
+        print(f"train step  {name:24s}: {statistics.median(wall[name]):7.2f} s/step ({rates[name]:6.2f} img/s), "
+              f"CPU {statistics.median(cpu[name]):7.2f} s/step;  wall per step {steps}")
+    for what, series in (("wall-clock", wall), ("CPU time", cpu)):
+        ratios = [o / b for o, b in zip(series[other], series[base], strict=True)]
+        print(f"{other} / {base} step {what}: x{statistics.median(ratios):.3f} (median of {len(ratios)} "
+              f"rounds, per-round {min(ratios):.3f}-{max(ratios):.3f})")
+    return rates
+
+
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
 
 
 def pipeline_datasets(detco: PretrainConfig, moco: PretrainConfig, folder: Path) -> dict[str, ContrastiveViews]:
@@ -149,6 +193,7 @@ def main() -> None:
     parser.add_argument("--pipeline-images", type=int, default=16, help="samples per pipeline per round")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of the pipeline timing")
     parser.add_argument("--pipeline-only", action="store_true", help="skip the training-step timing")
+    parser.add_argument("--step-only", action="store_true", help="skip the data-pipeline timing")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (this machine: 2 cores)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compare-amp", action="store_true", help="DetCo bf16+channels_last vs fp32")
@@ -165,25 +210,24 @@ def main() -> None:
 
     gpu_rate = None
     if not args.pipeline_only:
-        moco_ips = step_throughput(moco, device, args.steps)
-        detco_ips = step_throughput(detco, device, args.steps)
-        print(f"train step  MoCo v2: {moco_ips:8.2f} img/s")
-        print(f"train step  DetCo  : {detco_ips:8.2f} img/s")
-        print(f"DetCo / MoCo v2 throughput ratio: {detco_ips / moco_ips:.3f} (DetCo step costs "
-              f"{moco_ips / detco_ips:.2f}x MoCo v2's)")
+        print(f"step timing, {args.steps} alternating rounds after 1 warm-up step each; {_load()}")
+        times = interleaved_step_times({"MoCo v2": moco, "DetCo": detco}, device, args.steps)
+        rates = report_steps(times, args.batch_size, "MoCo v2", "DetCo")
+        print(f"after the step timing: {_load()}")
         if device.type == "cuda":
-            gpu_rate = {"MoCo v2": moco_ips, "DetCo": detco_ips}
+            gpu_rate = {"MoCo v2": rates["MoCo v2"], "DetCo": rates["DetCo"]}
 
-    report_pipelines(detco, moco, args.pipeline_images, args.rounds, gpu_rate)
+    if not args.step_only:
+        report_pipelines(detco, moco, args.pipeline_images, args.rounds, gpu_rate)
 
     if args.compare_amp:
         if device.type != "cuda" or args.pipeline_only:
             print("--compare-amp needs a CUDA device and the step timing; skipped")
         else:
             fast = dataclasses.replace(detco, amp=True, channels_last=True)
-            fast_ips = step_throughput(fast, device, args.steps)
-            print(f"DetCo fp32: {detco_ips:.1f} img/s; bf16+channels_last: {fast_ips:.1f} img/s "
-                  f"(x{fast_ips / detco_ips:.2f})")
+            amp_times = interleaved_step_times({"DetCo fp32": detco, "DetCo bf16+channels_last": fast}, device,
+                                               args.steps)
+            report_steps(amp_times, args.batch_size, "DetCo fp32", "DetCo bf16+channels_last")
 
 
 if __name__ == "__main__":
