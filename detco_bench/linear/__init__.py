@@ -23,8 +23,7 @@ below are the package's public API, resolved on first use: importing `detco_benc
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from detco_bench.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "FrozenBackbone": "backbone", "check_frozen": "backbone", "fingerprint": "backbone",
@@ -41,9 +40,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
