@@ -23,6 +23,7 @@ momentum update runs whole-tensor ops (slicing would only multiply kernel launch
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,9 +56,9 @@ class SlicedSGD(torch.optim.SGD):
     """torch.optim.SGD, with its state dict and arithmetic, whose step on CPU parameters runs its
     for-loop implementation's ops slice by slice (see the module docstring).
 
-    Options that implementation shares with no slice-by-slice form (nesterov, maximize, a tensor
-    lr or weight decay, differentiable, foreach, fused), sparse gradients and parameters off the
-    CPU take torch's own step.
+    Settings it has no slice-by-slice form for (nesterov, maximize, a tensor lr or weight decay,
+    differentiable, foreach, fused), sparse gradients and parameters off the CPU take torch's own
+    step (its multi-tensor one on CUDA, as before).
     """
 
     def _sliceable(self) -> bool:
@@ -85,7 +86,7 @@ class SlicedSGD(torch.optim.SGD):
                     self._update(p, group)
         return loss
 
-    def _update(self, p: torch.Tensor, group: dict) -> None:
+    def _update(self, p: torch.Tensor, group: dict[str, Any]) -> None:
         """torch's `_single_tensor_sgd` for one parameter, piece by piece:
         d = grad + wd * p;  buf = momentum * buf + (1 - dampening) * d;  p -= lr * buf
         (p -= lr * d when momentum is 0)."""
