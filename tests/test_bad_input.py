@@ -139,6 +139,14 @@ CASES: list[Any] = [
     ("opts-bad-list", [*TRANSFER, "--out", "{tmp}/o", "--opts", "SOLVER.STEPS", "abc"], "expects a list"),
     ("opts-zero-iterations", [*TRANSFER, "--out", "{tmp}/o", "--opts", "SOLVER.MAX_ITER", "0"],
      "at least one iteration"),
+    ("opts-negative-lr", [*TRANSFER, "--out", "{tmp}/o", "--opts", "SOLVER.BASE_LR", "-0.1"],
+     "learning rate must be positive"),
+    ("opts-decreasing-steps", [*TRANSFER, "--out", "{tmp}/o", "--opts", "SOLVER.STEPS", "(100, 50)"],
+     "positive and increasing"),
+    ("opts-no-such-depth", [*TRANSFER, "--out", "{tmp}/o", "--opts", "MODEL.RESNETS.DEPTH", "7"],
+     "MODEL.RESNETS.DEPTH 7"),
+    ("opts-negative-train-size", [*TRANSFER, "--out", "{tmp}/o", "--opts", "INPUT.MIN_SIZE_TRAIN", "(-1,)"],
+     "training sizes must be positive"),
     ("opts-negative-iterations", [*TRANSFER, "--out", "{tmp}/o", "--opts", "SOLVER.MAX_ITER", "-5"],
      "at least one iteration"),
     ("opts-negative-batch", [*TRANSFER, "--out", "{tmp}/o", "--opts", "SOLVER.IMS_PER_BATCH", "-2"],
@@ -394,4 +402,4 @@ def test_bad_input_is_one_line_and_exit_2(case: str, argv: list[str], expected: 
 
 def test_the_case_table_is_data() -> None:
     ids = [_case_id(c) for c in CASES]
-    assert len(ids) == len(set(ids)) >= 189
+    assert len(ids) == len(set(ids)) >= 193

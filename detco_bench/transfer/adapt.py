@@ -299,3 +299,24 @@ def fit_schedule(before_opts: dict[str, Any], cfg: dict[str, Any], opts_keys: se
         raise UserError(f"SOLVER.WARMUP_ITERS {warmup} > SOLVER.MAX_ITER {new}: the learning rate would never "
                         "leave warm-up; set a shorter SOLVER.WARMUP_ITERS")
     return changes.items
+
+
+def check_settings(cfg: dict[str, Any]) -> None:
+    """Refuse values no engine can train with, at plan time (one line) instead of in the engine
+    after the job folder exists: a non-positive lr, lr steps that do not increase, a ResNet depth
+    that does not exist, non-positive training sizes."""
+    lr = float(get_key(cfg, "SOLVER.BASE_LR"))
+    if not lr > 0:
+        raise UserError(f"SOLVER.BASE_LR {lr}: the learning rate must be positive")
+    steps = [int(s) for s in get_key(cfg, "SOLVER.STEPS", None) or []]
+    if any(s < 1 for s in steps) or any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+        raise UserError(f"SOLVER.STEPS {steps}: the lr steps must be positive and increasing")
+    depths = sorted(spec.depth for spec in ARCHS.values())
+    depth = int(get_key(cfg, "MODEL.RESNETS.DEPTH", 50))
+    if depth not in depths:
+        raise UserError(f"MODEL.RESNETS.DEPTH {depth}: choose one of {', '.join(map(str, depths))}")
+    sizes = get_key(cfg, "INPUT.MIN_SIZE_TRAIN")
+    sizes = list(sizes) if isinstance(sizes, (list, tuple)) else [sizes]
+    if not sizes or any(int(s) < 1 for s in sizes) or int(get_key(cfg, "INPUT.MAX_SIZE_TRAIN")) < 1:
+        raise UserError(f"INPUT.MIN_SIZE_TRAIN {sizes} / INPUT.MAX_SIZE_TRAIN {get_key(cfg, 'INPUT.MAX_SIZE_TRAIN')}: "
+                        "training sizes must be positive")

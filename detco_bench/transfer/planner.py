@@ -28,6 +28,7 @@ from detco_bench.transfer.adapt import (
     adapt_device,
     adapt_workers,
     apply_scaling,
+    check_settings,
     dataset_specs,
     fit_schedule,
 )
@@ -180,6 +181,7 @@ def plan_options(options: TransferOptions) -> TransferPlan:
     final = apply_opts(cfg, opts)
     opts_keys = {key for key, _ in parse_opts(opts)}
     changes.items.extend(fit_schedule(cfg, final, opts_keys))
+    check_settings(final)
     for key in ("DATASETS.TRAIN", "DATASETS.TEST"):
         for name in get_key(final, key):
             if name not in datasets:
