@@ -4,6 +4,7 @@ the job to Slurm."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -59,7 +60,10 @@ def _check_runnable(plan: TransferPlan) -> TransferOutcome | None:
     if reason is not None:
         raise UserError(f"engine {plan.engine}: {reason}")
     if plan.launcher == "slurm":
-        slurm_executor(Path(plan.out_dir) / "slurm")  # no srun / submitit: refused before anything is written
+        # No srun / submitit: refused before anything is written. Checked in a scratch folder, since
+        # submitit's executors may create their log folder (the job's own folder must stay as planned).
+        with tempfile.TemporaryDirectory() as scratch:
+            slurm_executor(Path(scratch))
     # Where the run will write besides its folder: the record, and the converted weights unless cached.
     check_output_folder(plan.results_dir, "--results")
     if plan.weights is not None and not Path(plan.weights).is_file():
