@@ -13,6 +13,7 @@ throughput benchmark times them against the fast one. The tests check, on decode
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -136,30 +137,34 @@ def test_hue_and_blur_kernels_match_torchvision_within_one_level(images: list[to
     assert gaussian_blur(gray, 23, 1.0).shape == gray.shape
 
 
+def _same_seed_outputs(fast: Callable[[torch.Tensor], torch.Tensor],
+                       reference: Callable[[torch.Tensor], torch.Tensor],
+                       images: list[torch.Tensor], seeds: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(fast output, reference output) per seed, each drawn after seeding the RNG the same way."""
+    pairs = []
+    for seed in range(seeds):
+        image = images[seed % len(images)]
+        torch.manual_seed(seed)
+        want = reference(image)
+        torch.manual_seed(seed)
+        pairs.append((fast(image), want))
+    return pairs
+
+
 @pytest.mark.parametrize(("randaugment", "autoaugment"), [(True, False), (False, True), (False, False)],
                          ids=["randaugment", "autoaugment", "moco-v2"])
 def test_global_views_equal_reference_for_the_same_seed(images: list[torch.Tensor], randaugment: bool,
                                                         autoaugment: bool) -> None:
     fast = global_view_transform(224, randaugment, autoaugment)
     reference = reference_global_view(224, randaugment, autoaugment)
-    for seed in range(16):
-        image = images[seed % len(images)]
-        torch.manual_seed(seed)
-        want = reference(image)
-        torch.manual_seed(seed)
-        got = fast(image)
+    for got, want in _same_seed_outputs(fast, reference, images):
         assert got.shape == (3, 224, 224) and got.dtype == torch.float32
         _assert_within_one_level(got, want, 5e-3)
 
 
 def test_patch_sets_equal_reference_for_the_same_seed(images: list[torch.Tensor]) -> None:
     fast, reference = JigsawPatches(255, 64), ReferenceJigsawPatches(255, 64)
-    for seed in range(16):
-        image = images[seed % len(images)]
-        torch.manual_seed(seed)
-        want = reference(image)
-        torch.manual_seed(seed)
-        got = fast(image)
+    for got, want in _same_seed_outputs(fast, reference, images):
         assert got.shape == (9, 3, 64, 64) and got.dtype == torch.float32
         _assert_within_one_level(got, want, 5e-3)
 
