@@ -18,7 +18,6 @@ from pretrain.errors import PretrainInputError
 from pretrain.synthetic import render_scene
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-MAX_CONSECUTIVE_BAD = 16
 
 
 def find_images(root: str | os.PathLike) -> list[Path]:
@@ -36,7 +35,12 @@ def find_images(root: str | os.PathLike) -> list[Path]:
 
 
 class ImageSource:
-    """Indexable source of RGB uint8 image tensors (3, H, W); `load` raises OSError when unreadable."""
+    """Indexable source of RGB uint8 image tensors (3, H, W); `load` raises OSError when unreadable.
+
+    description: what its items are, for messages ("image file(s) under DIR").
+    """
+
+    description = "image(s)"
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -46,8 +50,11 @@ class ImageSource:
 
 
 class FolderSource(ImageSource):
-    def __init__(self, files: Sequence[Path]) -> None:
+    """The image files `files` (from `find_images(root)`), decoded with PIL."""
+
+    def __init__(self, files: Sequence[Path], root: str | os.PathLike | None = None) -> None:
         self.files = list(files)
+        self.description = f"image file(s) under {root}" if root is not None else "image file(s)"
 
     def __len__(self) -> int:
         return len(self.files)
@@ -74,26 +81,75 @@ class SyntheticSource(ImageSource):
         return torch.from_numpy(np.ascontiguousarray(scene.image)).permute(2, 0, 1)
 
 
-def check_readable(source: FolderSource, root: str) -> None:
-    """Raise PretrainInputError unless at least one image of `source` decodes. Images are tried in
-    order until one does, so a normal folder costs one decode; a folder where none decodes is bad
-    input, while a few unreadable images among readable ones are skipped (and counted) in training."""
-    first_error = ""
-    for index in range(len(source)):
-        try:
-            source.load(index)
-            return
-        except OSError as exc:
-            first_error = first_error or str(exc).splitlines()[0]
-    raise PretrainInputError(f"none of the {len(source)} image file(s) under {root} can be read ({first_error})")
+class NoReadableImageError(PretrainInputError):
+    """No image of a source can be read (bad input: the CLI prints one line and exits with code 2).
+
+    Raised inside a DataLoader worker, torch re-raises it in the main process as
+    `NoReadableImageError(text holding the worker's whole traceback)`; the constructor keeps only
+    the original message (the traceback's last line), so the CLI's `error:` line stays one line.
+    """
+
+    def __init__(self, message: str) -> None:
+        prefix = f"{type(self).__module__}.{type(self).__qualname__}: "
+        original = [line for line in message.splitlines() if line.startswith(prefix)]
+        super().__init__(original[-1].removeprefix(prefix) if original else message)
+
+
+class ReadableScan:
+    """Finds the first readable image at or after an index of `source` (wrapping round), and
+    remembers the unreadable indices it met, so each unreadable file is decoded at most once.
+
+    Memory: `_skip[j] = r` for a known-unreadable j means every index from j up to r (exclusive,
+    wrapping) is known unreadable, so a scan that meets j jumps to r without opening anything.
+    A whole unreadable class folder costs one decode per file and one jump per later sample.
+    """
+
+    def __init__(self, source: ImageSource) -> None:
+        self.source = source
+        self._skip: dict[int, int] = {}
+        self._first_error = ""  # the first decode error met, for the message when none is readable
+
+    def first_readable(self, index: int) -> tuple[torch.Tensor, int]:
+        """(the first readable image at index, index + 1, ... wrapping; how many indices were
+        skipped to reach it). Raises NoReadableImageError when no image of the source is readable."""
+        n = len(self.source)
+        pos, skipped = index % n, 0
+        met: list[int] = []  # unreadable indices passed on this scan: pointed at its result below
+        while skipped < n:
+            jump = self._skip.get(pos)
+            if jump is not None:
+                met.append(pos)
+                skipped += (jump - pos) % n or n
+                pos = jump
+                continue
+            try:
+                image = self.source.load(pos)
+            except OSError as exc:
+                self._first_error = self._first_error or str(exc).splitlines()[0]
+                self._skip[pos] = (pos + 1) % n
+                met.append(pos)
+                skipped, pos = skipped + 1, (pos + 1) % n
+                continue
+            for j in met:
+                self._skip[j] = pos
+            return image, skipped
+        raise NoReadableImageError(
+            f"none of the {n} {self.source.description} can be read ({self._first_error})")
+
+
+def check_readable(source: ImageSource) -> None:
+    """Raise NoReadableImageError unless at least one image of `source` decodes. Images are tried
+    in order until one does, so a normal folder costs one decode; a folder where none decodes is
+    bad input, while unreadable images among readable ones are skipped (and counted) in training."""
+    ReadableScan(source).first_readable(0)
 
 
 def build_source(cfg: PretrainConfig) -> ImageSource:
     """The images `cfg.data` names; for a folder, checked to hold at least one readable image."""
     if cfg.data == "synthetic":
         return SyntheticSource(cfg.synthetic_images, cfg.synthetic_size, seed=cfg.seed)
-    source = FolderSource(find_images(cfg.data))
-    check_readable(source, cfg.data)
+    source = FolderSource(find_images(cfg.data), root=cfg.data)
+    check_readable(source)
     return source
 
 
@@ -104,8 +160,11 @@ class ContrastiveViews(Dataset):
 
     Views are drawn from a generator seeded with (seed, epoch, index), so a sample's augmentation
     does not depend on worker assignment or on whether the run was resumed.
-    An unreadable image is replaced by the next readable one (and counted): one bad JPEG in a
-    million must not kill a week-long run, nor change the batch size the queue relies on.
+    An unreadable image is replaced by the next readable one, wrapping round (and counted): one bad
+    JPEG in a million, or a whole truncated class folder, must not kill a week-long run, nor change
+    the batch size the queue relies on. Only a source with no readable image left is an error
+    (NoReadableImageError). Unreadable indices are remembered per dataset object (so per worker):
+    each is decoded at most once, not once for every sample whose replacement search passes it.
     """
 
     def __init__(self, source: ImageSource, cfg: PretrainConfig) -> None:
@@ -114,20 +173,13 @@ class ContrastiveViews(Dataset):
         self.epoch = 0
         self.global_view = global_view_transform(cfg.image_size, cfg.randaugment, cfg.autoaugment)
         self.patches = JigsawPatches(cfg.local_resize, cfg.patch_size) if cfg.local_contrast else None
+        self.readable = ReadableScan(source)
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        bad = 0
-        while True:
-            try:
-                image = self.source.load((index + bad) % len(self.source))
-                break
-            except OSError:
-                bad += 1
-                if bad >= min(MAX_CONSECUTIVE_BAD, len(self.source)):
-                    raise
+        image, bad = self.readable.first_readable(index)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index) % 2**63)
             sample: dict[str, torch.Tensor | int] = {
