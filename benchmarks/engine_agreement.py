@@ -4,8 +4,8 @@
                                           [--out runs/engine-agreement] [--threads 2]
 
 For every task family, the same synthetic data, the same random-init ResNet checkpoint and the same
-effective config (the task's YAML chain with one set of --opts: a short schedule at 128-256 px and
-lighter RoI sampling) run through Detectron2 and through the built-in torchvision engine, seeds
+effective config (the task's YAML chain with one set of --opts: a short schedule at 128-256 px,
+lighter RoI sampling and narrower heads) run through Detectron2 and through the built-in torchvision engine, seeds
 0..N-1 each, on the same path as ``detco-bench transfer`` (`plan_transfer` -> `run_transfer`). It
 prints, per family and metric, each engine's mean +- std over the seeds, the gap (torchvision -
 Detectron2) and whether it is within max(seed std, 1 AP point); and each engine's median seconds per
@@ -73,6 +73,9 @@ def schedule_opts(iters: int, family: str) -> list[str]:
         "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "1000", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "300",
         "MODEL.RPN.PRE_NMS_TOPK_TEST", "500", "MODEL.RPN.POST_NMS_TOPK_TEST", "200",
         "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64" if family in ("c4", "voc_c4") else "128",
+        # heads a quarter wide: the mask head and the 256-channel FPN convs dominate a CPU iteration
+        "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.ROI_BOX_HEAD.FC_DIM", "256", "MODEL.ROI_MASK_HEAD.CONV_DIM", "64",
+        "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS", "(128, 128, 128, 128)", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "64",
     ]  # fmt: skip
     if family == "cityscapes_sem":
         opts += ["INPUT.MIN_SIZE_TRAIN", "(96, 128)", "INPUT.MAX_SIZE_TRAIN", "256", "INPUT.MIN_SIZE_TEST", "128",
