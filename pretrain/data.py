@@ -155,8 +155,8 @@ def build_source(cfg: PretrainConfig) -> ImageSource:
 
 class ContrastiveViews(Dataset):
     """Sample i -> {"im_q", "im_k": (3, S, S) global views; "patches_q", "patches_k": (9, 3, P, P)
-    jigsaw patch sets (only when the local contrast is on); "bad": how many unreadable images were
-    skipped to produce this sample}.
+    jigsaw patch sets (only when the local contrast is on); "bad": 1 when image i itself was
+    unreadable and replaced, else 0, so a sum over an epoch counts the unreadable files met}.
 
     Views are drawn from a generator seeded with (seed, epoch, index), so a sample's augmentation
     does not depend on worker assignment or on whether the run was resumed.
@@ -179,7 +179,8 @@ class ContrastiveViews(Dataset):
         return len(self.source)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        image, bad = self.readable.first_readable(index)
+        image, skipped = self.readable.first_readable(index)
+        bad = int(skipped > 0)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index) % 2**63)
             sample: dict[str, torch.Tensor | int] = {

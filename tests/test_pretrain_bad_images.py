@@ -54,7 +54,7 @@ def test_forty_unreadable_in_a_row_give_the_next_readable_each_decoded_once() ->
     dataset = _plain_views(source)
     for index in list(range(5, 45)) + list(range(44, 4, -1)):  # every sample of the run, twice
         sample = dataset[index]
-        assert sample["bad"] == 45 - index
+        assert sample["bad"] == 1  # its own image was unreadable
         assert torch.equal(sample["im_q"], torch.full((3, 8, 8), 45, dtype=torch.uint8))
     assert all(source.loads[i] == 1 for i in range(5, 45)), source.loads[5:45]
     assert source.loads[45] == 80 and source.loads[4] == 0 and source.loads[46] == 0
@@ -65,8 +65,8 @@ def test_replacement_wraps_round_and_a_fresh_dataset_decodes_again() -> None:
     source = CountingSource(30, bad=set(range(30)) - {3, 10})
     dataset = _plain_views(source)
     sample = dataset[11]  # 11..29 and 0..2 unreadable: wraps round to 3
-    assert sample["bad"] == 22 and int(sample["im_q"][0, 0, 0]) == 3
-    assert dataset[29]["bad"] == 4 and dataset[4]["bad"] == 6 and int(dataset[4]["im_q"][0, 0, 0]) == 10
+    assert sample["bad"] == 1 and int(sample["im_q"][0, 0, 0]) == 3
+    assert dataset[29]["bad"] == 1 and dataset[4]["bad"] == 1 and int(dataset[4]["im_q"][0, 0, 0]) == 10
     assert max(source.loads[i] for i in source.bad) == 1
     _plain_views(source)[11]  # the memory is the dataset object's (a worker's), not global
     assert source.loads[11] == 2
@@ -96,7 +96,7 @@ def test_a_replaced_sample_keeps_its_own_seed_and_the_replacements_image() -> No
     replaced = ContrastiveViews(ListSource([images[0], images[3], images[3], images[3]]), cfg)
     for index in (1, 2):
         a, b = with_bad[index], replaced[index]
-        assert a["bad"] == 3 - index and b["bad"] == 0
+        assert a["bad"] == 1 and b["bad"] == 0
         for key in ("im_q", "im_k", "patches_q", "patches_k"):
             assert torch.equal(a[key], b[key]), key  # type: ignore[arg-type]
 
@@ -138,10 +138,10 @@ def test_twenty_unreadable_in_a_row_train_and_are_counted(tmp_path: Path) -> Non
         "--image-size", "32", "--batch-size", "4", "--queue-size", "8", "--epochs", "1", "--workers", "0",
         "--no-randaugment", "--no-progress"])
     assert result.exit_code == 0, result.output
-    # One epoch samples all 28 indices once; the k-th file of the run skips 20 - k: 20 + 19 + ... + 1.
-    assert load_checkpoint(out / "checkpoint.pth")["bad_images"] == 210
-    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["bad_images"] == 210
-    assert "210 unreadable image(s) skipped" in result.stdout
+    # One epoch samples all 28 indices once: each of the 20 unreadable files counts once.
+    assert load_checkpoint(out / "checkpoint.pth")["bad_images"] == 20
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["bad_images"] == 20
+    assert "20 unreadable image(s) skipped" in result.stdout
 
 
 def test_all_unreadable_folder_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
