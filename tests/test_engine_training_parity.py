@@ -8,7 +8,8 @@ with the same task, checkpoint and --opts; the torchvision engine's `build_model
 * the training setup agrees: the backbone weights loaded from the checkpoint, the trainable
   parameters, and every parameter's learning rate and weight decay in the optimizer;
 * the first training batch agrees: each engine's own data pipeline gives the same images, boxes,
-  classes (and keypoints) for the same annotations (flips off, sizes fixed, so nothing is random);
+  classes (and keypoints) for the same annotations (sizes fixed; flips off, and once more with
+  every image flipped, so nothing is random);
 * with Detectron2's weights copied in (`weights_map`), the same batch and the same RNG seed
   (both engines sample anchors and RoIs with ``torch.randperm``), the training losses and every
   parameter's gradient agree to float tolerance.
@@ -20,9 +21,11 @@ over seeds. Needs detectron2 (marker ``detectron2``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import torch
@@ -69,6 +72,9 @@ OPTS = [
     "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS", "(32, 32)", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
 ]  # fmt: skip
 BATCH = 2
+#: Families checked once more with every image flipped: the flip of boxes, masks (polygons moved
+#: with the image), keypoints (x mirrored, left / right swapped) and semantic labels.
+FLIPPED = ("fpn", "keypoint", "cityscapes_inst", "cityscapes_sem")
 #: The torchvision engine's loss names -> Detectron2's (R-CNN; RetinaNet).
 LOSS_NAMES = {
     "loss_classifier": "loss_cls", "loss_objectness": "loss_rpn_cls", "loss_rpn_box_reg": "loss_rpn_loc",
@@ -92,25 +98,28 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def plans(root: Path, family: str) -> tuple[TransferPlan, TransferPlan]:
+def plans(root: Path, family: str, extra: list[str]) -> tuple[TransferPlan, TransferPlan]:
     """The torchvision-engine and Detectron2-engine plans of one job (same task, checkpoint, opts)."""
     task, arch = FAMILIES[family]
     out = []
     for engine in ("torchvision", "detectron2"):
-        plan = plan_transfer(task, root / f"{arch}.pth", root / f"{family}-{engine}", engine=engine, device="cpu",
+        out_dir = root / f"{family}-{engine}{'-flip' if extra else ''}"
+        plan = plan_transfer(task, root / f"{arch}.pth", out_dir, engine=engine, device="cpu",
                              seed=0, data_root_dir=root / "data", cache_dir=root / "cache",
-                             results_dir=root / "records", opts=list(OPTS))
+                             results_dir=root / "records", opts=OPTS + extra)
         assert not plan.problems, plan.problems
         prepare_weights(plan)
         out.append(plan)
     return out[0], out[1]
 
 
-def build_pair(root: Path, family: str) -> dict[str, Any]:
+def build_pair(root: Path, family: str, flipped: bool = False) -> dict[str, Any]:
     """Both engines' models (as their jobs build them, weights loaded from the checkpoint), their
-    optimizers, and each engine's first training batch of the same images."""
+    optimizers, and each engine's first training batch of the same images (`flipped`: with
+    INPUT.RANDOM_FLIP horizontal and both engines' coin forced to flip every image)."""
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.data import DatasetCatalog, DatasetMapper
+    from detectron2.data.transforms import RandomFlip
     from detectron2.modeling import build_model as d2_build_model
     from detectron2.solver import build_optimizer as d2_build_optimizer
 
@@ -118,7 +127,7 @@ def build_pair(root: Path, family: str) -> dict[str, Any]:
     from detco_bench.engines.detectron2.datasets import register_datasets
     from detco_bench.engines.detectron2.heads import register_components
 
-    plan, plan_d2 = plans(root, family)
+    plan, plan_d2 = plans(root, family, ["INPUT.RANDOM_FLIP", "horizontal"] if flipped else [])
     s = Settings(plan.config)
     keypoint_on = family == "keypoint"
     sem = family == "cityscapes_sem"
@@ -139,8 +148,12 @@ def build_pair(root: Path, family: str) -> dict[str, Any]:
     d2_dicts = {Path(d["file_name"]).name: d for d in DatasetCatalog.get(cfg.DATASETS.TRAIN[0])}
     mapper = DatasetMapper(cfg, is_train=True)
     picked = [i for i, r in enumerate(records) if sem or r["annotations"]][:BATCH]
-    tv_batch = [dataset[(i, 0)] for i in picked]
-    d2_batch = [mapper(copy.deepcopy(d2_dicts[Path(records[i]["file_name"]).name])) for i in picked]
+    with contextlib.ExitStack() as forced:
+        if flipped:  # each engine flips when its uniform draw is under 0.5
+            forced.enter_context(mock.patch("detco_bench.engines.torchvision.data.datasets._uniform", return_value=0.0))
+            forced.enter_context(mock.patch.object(RandomFlip, "_rand_range", return_value=0.0))
+        tv_batch = [dataset[(i, 0)] for i in picked]
+        d2_batch = [mapper(copy.deepcopy(d2_dicts[Path(records[i]["file_name"]).name])) for i in picked]
     return {
         "plan": plan, "settings": s, "cfg": cfg, "tv": tv, "d2": d2, "tv_batch": tv_batch, "d2_batch": d2_batch,
         "tv_opt": build_optimizer(tv, s), "d2_opt": d2_build_optimizer(cfg, d2),
@@ -159,9 +172,10 @@ def relative_error(ours: Tensor, theirs: Tensor, floor: float) -> float:
     return float((ours.double() - theirs.double()).norm() / max(float(theirs.double().norm()), floor))
 
 
-@pytest.fixture(scope="module", params=list(FAMILIES))
+@pytest.fixture(scope="module", params=list(FAMILIES) + [f"{f}-flipped" for f in FLIPPED])
 def pair(request: pytest.FixtureRequest, workspace: Path) -> dict[str, Any]:
-    return build_pair(workspace, request.param)
+    family, _, flipped = request.param.partition("-")
+    return build_pair(workspace, family, flipped=bool(flipped))
 
 
 def test_setup_agrees(pair: dict[str, Any]) -> None:

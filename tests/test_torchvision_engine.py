@@ -421,11 +421,16 @@ def test_coco_perfect_predictions_score_100(world: dict[str, Path]) -> None:
             assert metrics[f"{t}/AP50"] == pytest.approx(100.0)
 
 
-def test_coco_no_predictions_is_zero_ap(world: dict[str, Path]) -> None:
+def test_coco_no_predictions_is_nan_as_in_detectron2(world: dict[str, Path]) -> None:
+    """Detectron2's COCOEvaluator reports every metric of an IoU type as NaN when the model made no
+    prediction ("No predictions from the model!"); the engine reports the same."""
     from detco_bench.engines.torchvision.evaluate.coco import coco_evaluate
 
     json_file = world["data"] / "coco" / "annotations" / "instances_val2017.json"
-    assert coco_evaluate(str(json_file), [], ["bbox"], ["a"]) == {"bbox/AP": 0.0, "bbox/AP50": 0.0, "bbox/AP75": 0.0}
+    metrics = coco_evaluate(str(json_file), [], ["bbox", "segm"], ["a"])
+    names = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    assert sorted(metrics) == sorted(f"{t}/{n}" for t in ("bbox", "segm") for n in names)
+    assert all(math.isnan(v) for v in metrics.values())
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -70,15 +71,18 @@ def coco_evaluate(
     kpt_oks_sigmas: list[float] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
-    """pycocotools COCOeval of `results` against `json_file`: {"bbox/AP": ..., ...} in percent."""
+    """pycocotools COCOeval of `results` against `json_file`: {"bbox/AP": ..., ...} in percent,
+    reported as Detectron2's COCOEvaluator reports them: every metric of an IoU type NaN when there
+    are no predictions at all, a metric COCOeval cannot compute (-1: no GT of that size) NaN, and
+    the per-class AP of a class without GT NaN."""
     gt = quiet_coco(json_file)
     metrics: dict[str, float] = {}
     for iou_type in iou_types:
         names = COCO_METRICS[iou_type]
         if not results:
             if log:
-                log(f"{iou_type}: no predictions; AP = 0")
-            metrics.update({f"{iou_type}/{n}": 0.0 for n in ("AP", "AP50", "AP75")})
+                log(f"{iou_type}: no predictions; every metric NaN (as Detectron2's COCOEvaluator)")
+            metrics.update({f"{iou_type}/{n}": math.nan for n in names})
             continue
         res = copy.deepcopy(results)
         if iou_type == "segm":
@@ -98,13 +102,11 @@ def coco_evaluate(
             log(f"COCOeval {iou_type}:\n{buf.getvalue().strip()}")
         for i, n in enumerate(names):
             value = float(ev.stats[i])
-            if value >= 0:
-                metrics[f"{iou_type}/{n}"] = 100.0 * value
+            metrics[f"{iou_type}/{n}"] = 100.0 * value if value >= 0 else math.nan
         if iou_type in ("bbox", "segm"):
             precisions = ev.eval["precision"]  # [iou, recall, class, area, maxdets]
             for k, name in enumerate(classes[: precisions.shape[2]]):
                 p = precisions[:, :, k, 0, -1]
                 p = p[p > -1]
-                if p.size:
-                    metrics[f"{iou_type}/AP-{name}"] = 100.0 * float(np.mean(p))
+                metrics[f"{iou_type}/AP-{name}"] = 100.0 * float(np.mean(p)) if p.size else math.nan
     return metrics
