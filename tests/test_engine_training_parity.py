@@ -8,8 +8,8 @@ with the same task, checkpoint and --opts; the torchvision engine's `build_model
 * the training setup agrees: the backbone weights loaded from the checkpoint, the trainable
   parameters, and every parameter's learning rate and weight decay in the optimizer;
 * the first training batch agrees: each engine's own data pipeline gives the same images, boxes,
-  classes (and keypoints) for the same annotations (sizes fixed; flips off, and once more with
-  every image flipped, so nothing is random);
+  classes, keypoints and label maps for the same annotations (nothing random: flips off, sizes
+  fixed; then once with every image flipped and once resized, to a shortest edge of 64 px);
 * with Detectron2's weights copied in (`weights_map`), the same batch and the same RNG seed
   (both engines sample anchors and RoIs with ``torch.randperm``), the training losses and every
   parameter's gradient agree to float tolerance.
@@ -72,9 +72,15 @@ OPTS = [
     "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS", "(32, 32)", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
 ]  # fmt: skip
 BATCH = 2
-#: Families checked once more with every image flipped: the flip of boxes, masks (polygons moved
-#: with the image), keypoints (x mirrored, left / right swapped) and semantic labels.
-FLIPPED = ("fpn", "keypoint", "cityscapes_inst", "cityscapes_sem")
+#: Variants checked on top of the plain batch: every image flipped (boxes, polygons, keypoints
+#: mirrored, left / right swapped; label maps) and every image resized (128 x 192 -> 64 x 96: boxes,
+#: polygons and keypoints scaled, label maps by PIL's nearest-neighbour rule as Detectron2 does).
+#: 64 x 96 needs no padding to FPN's multiple of 32: in a padded band the RPN's objectness ties
+#: exactly, and each engine's top-k breaks the ties in its own anchor order.
+VARIANTS: dict[str, tuple[list[str], tuple[str, ...]]] = {
+    "flipped": (["INPUT.RANDOM_FLIP", "horizontal"], ("fpn", "keypoint", "cityscapes_inst", "cityscapes_sem")),
+    "resized": (["INPUT.MIN_SIZE_TRAIN", "(64,)"], ("fpn", "keypoint", "cityscapes_inst", "cityscapes_sem")),
+}
 #: The torchvision engine's loss names -> Detectron2's (R-CNN; RetinaNet).
 LOSS_NAMES = {
     "loss_classifier": "loss_cls", "loss_objectness": "loss_rpn_cls", "loss_rpn_box_reg": "loss_rpn_loc",
@@ -86,6 +92,8 @@ LOSS_NAMES = {
 #: up to 2.6e-2 (the dilated R50 of cityscapes_sem, res4.4.conv1; measured), while a real
 #: difference (a loss weight, a normaliser, a sampled set) is 1e-1 or more.
 TOLERANCE = 5e-2
+#: Losses: relative (float32 summation order).
+LOSS_TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -98,25 +106,34 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def plans(root: Path, family: str, extra: list[str]) -> tuple[TransferPlan, TransferPlan]:
+def plans(root: Path, family: str, extra: list[str], variant: str) -> tuple[TransferPlan, TransferPlan]:
     """The torchvision-engine and Detectron2-engine plans of one job (same task, checkpoint, opts)."""
     task, arch = FAMILIES[family]
     out = []
     for engine in ("torchvision", "detectron2"):
-        out_dir = root / f"{family}-{engine}{'-flip' if extra else ''}"
-        plan = plan_transfer(task, root / f"{arch}.pth", out_dir, engine=engine, device="cpu",
-                             seed=0, data_root_dir=root / "data", cache_dir=root / "cache",
-                             results_dir=root / "records", opts=OPTS + extra)
+        out_dir = root / f"{family}-{engine}-{variant}"
+        plan = plan_transfer(
+            task,
+            root / f"{arch}.pth",
+            out_dir,
+            engine=engine,
+            device="cpu",
+            seed=0,
+            data_root_dir=root / "data",
+            cache_dir=root / "cache",
+            results_dir=root / "records",
+            opts=OPTS + extra,
+        )
         assert not plan.problems, plan.problems
         prepare_weights(plan)
         out.append(plan)
     return out[0], out[1]
 
 
-def build_pair(root: Path, family: str, flipped: bool = False) -> dict[str, Any]:
+def build_pair(root: Path, family: str, variant: str = "") -> dict[str, Any]:
     """Both engines' models (as their jobs build them, weights loaded from the checkpoint), their
-    optimizers, and each engine's first training batch of the same images (`flipped`: with
-    INPUT.RANDOM_FLIP horizontal and both engines' coin forced to flip every image)."""
+    optimizers, and each engine's first training batch of the same images (`variant` "flipped":
+    INPUT.RANDOM_FLIP horizontal with both engines' coin forced to flip; "resized": see VARIANTS)."""
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.data import DatasetCatalog, DatasetMapper
     from detectron2.data.transforms import RandomFlip
@@ -127,14 +144,20 @@ def build_pair(root: Path, family: str, flipped: bool = False) -> dict[str, Any]
     from detco_bench.engines.detectron2.datasets import register_datasets
     from detco_bench.engines.detectron2.heads import register_components
 
-    plan, plan_d2 = plans(root, family, ["INPUT.RANDOM_FLIP", "horizontal"] if flipped else [])
+    plan, plan_d2 = plans(root, family, VARIANTS[variant][0] if variant else [], variant)
     s = Settings(plan.config)
     keypoint_on = family == "keypoint"
     sem = family == "cityscapes_sem"
     records, meta, _ = load_datasets(plan, s, keypoint_on)
     torch.manual_seed(0)
-    tv = build_model(family, s, arch_of(plan), load_weights(plan), num_classes=num_classes(plan, s, meta),
-                     num_keypoints=len(meta.keypoint_names) if keypoint_on else None)
+    tv = build_model(
+        family,
+        s,
+        arch_of(plan),
+        load_weights(plan),
+        num_classes=num_classes(plan, s, meta),
+        num_keypoints=len(meta.keypoint_names) if keypoint_on else None,
+    )
     register_components()
     register_datasets(plan_d2)
     cfg = build_cfg(plan_d2)
@@ -142,20 +165,27 @@ def build_pair(root: Path, family: str, flipped: bool = False) -> dict[str, Any]
     d2 = d2_build_model(cfg)
     DetectionCheckpointer(d2).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
 
-    dataset = TrainDataset(records, s, meta, task="sem_seg" if sem else "detection",
-                           label_offset=int(getattr(tv, "label_offset", 0)),
-                           mask_on=bool(s["MODEL.MASK_ON"]) and not sem, keypoint_on=keypoint_on)
+    dataset = TrainDataset(
+        records,
+        s,
+        meta,
+        task="sem_seg" if sem else "detection",
+        label_offset=int(getattr(tv, "label_offset", 0)),
+        mask_on=bool(s["MODEL.MASK_ON"]) and not sem,
+        keypoint_on=keypoint_on,
+    )
     d2_dicts = {Path(d["file_name"]).name: d for d in DatasetCatalog.get(cfg.DATASETS.TRAIN[0])}
     mapper = DatasetMapper(cfg, is_train=True)
     picked = [i for i, r in enumerate(records) if sem or r["annotations"]][:BATCH]
     with contextlib.ExitStack() as forced:
-        if flipped:  # each engine flips when its uniform draw is under 0.5
+        if variant == "flipped":  # each engine flips when its uniform draw is under 0.5
             forced.enter_context(mock.patch("detco_bench.engines.torchvision.data.datasets._uniform", return_value=0.0))
             forced.enter_context(mock.patch.object(RandomFlip, "_rand_range", return_value=0.0))
         tv_batch = [dataset[(i, 0)] for i in picked]
         d2_batch = [mapper(copy.deepcopy(d2_dicts[Path(records[i]["file_name"]).name])) for i in picked]
     return {
-        "plan": plan, "settings": s, "cfg": cfg, "tv": tv, "d2": d2, "tv_batch": tv_batch, "d2_batch": d2_batch,
+        "variant": variant, "plan": plan, "settings": s, "cfg": cfg, "tv": tv, "d2": d2,
+        "tv_batch": tv_batch, "d2_batch": d2_batch,
         "tv_opt": build_optimizer(tv, s), "d2_opt": d2_build_optimizer(cfg, d2),
     }  # fmt: skip
 
@@ -172,10 +202,10 @@ def relative_error(ours: Tensor, theirs: Tensor, floor: float) -> float:
     return float((ours.double() - theirs.double()).norm() / max(float(theirs.double().norm()), floor))
 
 
-@pytest.fixture(scope="module", params=list(FAMILIES) + [f"{f}-flipped" for f in FLIPPED])
+@pytest.fixture(scope="module", params=list(FAMILIES) + [f"{f}-{v}" for v, (_, fs) in VARIANTS.items() for f in fs])
 def pair(request: pytest.FixtureRequest, workspace: Path) -> dict[str, Any]:
-    family, _, flipped = request.param.partition("-")
-    return build_pair(workspace, family, flipped=bool(flipped))
+    family, _, variant = request.param.partition("-")
+    return build_pair(workspace, family, variant)
 
 
 def test_setup_agrees(pair: dict[str, Any]) -> None:
@@ -185,8 +215,11 @@ def test_setup_agrees(pair: dict[str, Any]) -> None:
     ours = in_detectron2_names({}, pair)
     theirs = d2.state_dict()
     assert set(ours) == set(theirs)
-    from_checkpoint = [k for k in theirs if k.startswith("roi_heads.res5.")
-                       or k.startswith("backbone.") and "fpn_" not in k and "top_block" not in k]
+    from_checkpoint = [
+        k
+        for k in theirs
+        if k.startswith("roi_heads.res5.") or k.startswith("backbone.") and "fpn_" not in k and "top_block" not in k
+    ]
     assert len(from_checkpoint) > 20
     for key in from_checkpoint:
         assert torch.equal(ours[key].float(), theirs[key].float()), key
@@ -195,8 +228,10 @@ def test_setup_agrees(pair: dict[str, Any]) -> None:
         """Every state-dict entry filled with its optimizer `field` (lr or weight_decay); -1 where
         it does not train."""
         value = {id(p): float(g[field]) for g in optimizer.param_groups for p in g["params"]}
-        return {k: torch.full_like(p, value.get(id(p), -1.0) if p.requires_grad else -1.0, dtype=torch.float64)
-                for k, p in model.named_parameters()}
+        return {
+            k: torch.full_like(p, value.get(id(p), -1.0) if p.requires_grad else -1.0, dtype=torch.float64)
+            for k, p in model.named_parameters()
+        }
 
     for field in ("lr", "weight_decay"):
         ours = in_detectron2_names(filled(tv, pair["tv_opt"], field), pair)
@@ -210,16 +245,27 @@ def test_first_batch_agrees(pair: dict[str, Any]) -> None:
     sem = pair["plan"].family == "cityscapes_sem"
     for (image, target), theirs in zip(pair["tv_batch"], pair["d2_batch"], strict=True):
         assert image.shape == theirs["image"].shape
-        assert torch.equal((image * 255).round().to(torch.uint8), theirs["image"].to(torch.uint8))
+        ours_uint8 = (image * 255).round().to(torch.uint8)
+        if pair["variant"] == "resized":  # antialiased resize vs PIL's bilinear: 1 grey level apart at most
+            assert int((ours_uint8.int() - theirs["image"].int()).abs().max()) <= 1
+        else:
+            assert torch.equal(ours_uint8, theirs["image"].to(torch.uint8))
         if sem:
             assert torch.equal(target, theirs["sem_seg"])
             continue
         instances = theirs["instances"]
-        assert torch.allclose(target["boxes"], instances.gt_boxes.tensor)
+        assert torch.allclose(target["boxes"], instances.gt_boxes.tensor, atol=1e-4)
         offset = int(getattr(pair["tv"], "label_offset", 0))
         assert torch.equal(target["labels"] - offset, instances.gt_classes)
         if "keypoints" in target:
-            assert torch.allclose(target["keypoints"], instances.gt_keypoints.tensor)
+            assert torch.allclose(target["keypoints"], instances.gt_keypoints.tensor, atol=1e-4)
+        if instances.has("gt_masks"):
+            from detectron2.structures import BitMasks, PolygonMasks
+
+            masks = instances.gt_masks
+            if isinstance(masks, PolygonMasks):
+                masks = BitMasks.from_polygon_masks(masks, *image.shape[-2:])
+            assert torch.equal(target["masks"].bool(), masks.tensor)
 
 
 def test_training_step_agrees(pair: dict[str, Any]) -> None:
@@ -235,27 +281,37 @@ def test_training_step_agrees(pair: dict[str, Any]) -> None:
     targets = [b[1] for b in pair["tv_batch"]]
     torch.manual_seed(1)
     ours = tv(images, targets)
+    # the same pixels for both (a resized image may differ by a grey level); each its own targets
+    batch = [
+        {**d, "image": (b[0] * 255).round().to(d["image"].dtype)}
+        for d, b in zip(pair["d2_batch"], pair["tv_batch"], strict=True)
+    ]
     torch.manual_seed(1)
     with EventStorage(0):
-        theirs = d2(pair["d2_batch"])
+        theirs = d2(batch)
     assert {LOSS_NAMES.get(k, k) for k in ours} == set(theirs)
     for name, value in ours.items():
-        assert float(value) == pytest.approx(float(theirs[LOSS_NAMES.get(name, name)]), rel=1e-4, abs=1e-6), name
+        reference = float(theirs[LOSS_NAMES.get(name, name)])
+        assert float(value) == pytest.approx(reference, rel=LOSS_TOLERANCE, abs=1e-6), name
     ours_total, theirs_total = sum(ours.values()), sum(theirs.values())
     tv.zero_grad()
     d2.zero_grad()
     ours_total.backward()
     theirs_total.backward()
-    grads = in_detectron2_names({n: p.grad if p.grad is not None else torch.zeros_like(p)
-                                 for n, p in tv.named_parameters()}, pair)
-    theirs_grads = {n: p.grad if p.grad is not None else torch.zeros_like(p)
-                    for n, p in d2.named_parameters() if p.requires_grad}
+    grads = in_detectron2_names(
+        {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in tv.named_parameters()}, pair
+    )
+    theirs_grads = {
+        n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in d2.named_parameters() if p.requires_grad
+    }
     assert len(theirs_grads) > 10
     # A gradient that is zero in exact arithmetic (e.g. a bias under a softmax over positions) is
     # float noise in both engines: the floor is a millionth of the largest gradient norm.
     floor = 1e-6 * max(float(g.norm()) for g in theirs_grads.values())
     errors = {n: relative_error(grads[n], g, floor) for n, g in theirs_grads.items()}
     worst = max(errors, key=errors.__getitem__)
-    print(f"{family}: losses {', '.join(f'{k} {float(v):.5f}' for k, v in ours.items())}; "
-          f"worst gradient {worst}: relative error {errors[worst]:.1e}")
+    print(
+        f"{family}: losses {', '.join(f'{k} {float(v):.5f}' for k, v in ours.items())}; "
+        f"worst gradient {worst}: relative error {errors[worst]:.1e}"
+    )
     assert errors[worst] <= TOLERANCE, (worst, errors[worst])

@@ -218,12 +218,17 @@ class TrainDataset(Dataset):
 
     def _semantic(self, rec: Record, image: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
         with Image.open(rec["sem_seg_file_name"]) as im:
-            label = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).to(torch.int64)
+            label = np.asarray(im, dtype=np.uint8)
         h, w = int(image.shape[-2]), int(image.shape[-1])
-        sample = {"image": tv_tensors.Image(image), "label": tv_tensors.Mask(label)}
         size = self._size(g, h, w)
         if size != (h, w):
-            sample = v2.Resize(list(size), antialias=True)(sample)
+            # the label map as Detectron2 resizes it (PIL's nearest; torch's samples half a pixel off)
+            image = v2.Resize(list(size), antialias=True)(tv_tensors.Image(image))
+            label = resize_mask(label, size)
+        sample = {
+            "image": tv_tensors.Image(image),
+            "label": tv_tensors.Mask(torch.from_numpy(label.copy()).to(torch.int64)),
+        }
         if self.crop:
             h, w = int(sample["image"].shape[-2]), int(sample["image"].shape[-1])
             ch, cw = self._crop_size(g, h, w)

@@ -23,25 +23,34 @@ PACKED_KEYS = ("polygon_xy", "polygon_sizes", "polygon_owner")
 
 
 def as_polygons(segmentation: Sequence[Sequence[float]]) -> Polygons:
-    """A COCO polygon list -> float64 arrays."""
-    return [np.asarray(p, dtype=np.float64).reshape(-1) for p in segmentation]
+    """A COCO polygon list -> arrays: int64 where a polygon's coordinates are all integers in the
+    file (Cityscapes', the synthetic sets'), else float64, as numpy reads them for Detectron2."""
+    out = []
+    for p in segmentation:
+        a = np.asarray(p).reshape(-1)
+        out.append(a if a.dtype.kind in "iu" else a.astype(np.float64))
+    return out
 
 
 def transform_polygons(
     polygons: Polygons, scale: tuple[float, float], flip: str | None, size: tuple[int, int]
 ) -> Polygons:
     """Resize by `scale` (sx, sy), then flip ("horizontal": x -> W - x, "vertical": y -> H - y, None)
-    within the output image `size` (H, W), as Detectron2 moves polygon coordinates."""
+    within the output image `size` (H, W), as Detectron2 moves polygon coordinates; float64 out.
+
+    Detectron2's transforms update the coordinate array in place, so integer coordinates (see
+    `as_polygons`) stay integers: a resize truncates them (towards zero). Real COCO polygons are
+    floats and move exactly; Cityscapes' are integers, and so, then, are Detectron2's."""
     out = []
     for p in polygons:
-        q = p.astype(np.float64, copy=True)
-        q[0::2] *= scale[0]
-        q[1::2] *= scale[1]
+        q = p.copy()
+        q[0::2] = q[0::2] * scale[0]  # assigned into an integer array: truncated, as in Detectron2
+        q[1::2] = q[1::2] * scale[1]
         if flip == "horizontal":
             q[0::2] = size[1] - q[0::2]
         elif flip == "vertical":
             q[1::2] = size[0] - q[1::2]
-        out.append(q)
+        out.append(q.astype(np.float64))
     return out
 
 
