@@ -39,17 +39,8 @@ from detco_bench.errors import UserError  # noqa: E402
 from detco_bench.records import read_record  # noqa: E402
 from detco_bench.synthetic import write_synthetic_dataset  # noqa: E402
 from detco_bench.transfer import plan_transfer, run_transfer  # noqa: E402
+from tests.test_engine_training_parity import FAMILIES  # noqa: E402  (family -> task, ResNet)
 
-#: family -> (task, backbone). Detectron2's Res5ROIHeads and the FCN head need bottleneck blocks.
-FAMILIES: dict[str, tuple[str, str]] = {
-    "fpn": ("coco_fpn_12k", "resnet18"),
-    "c4": ("coco_c4_12k", "resnet50"),
-    "retinanet": ("retinanet_12k", "resnet18"),
-    "keypoint": ("keypoint_fpn_2x", "resnet18"),
-    "voc_c4": ("voc_c4_24k", "resnet50"),
-    "cityscapes_inst": ("cityscapes_inst_fpn", "resnet18"),
-    "cityscapes_sem": ("cityscapes_sem", "resnet50"),
-}
 #: The headline metrics compared per family.
 METRICS: dict[str, tuple[str, ...]] = {
     "fpn": ("bbox/AP", "bbox/AP50", "segm/AP", "segm/AP50"),

@@ -49,8 +49,8 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),  # pycocotools + numpy 2
 ]
 
-#: family -> (task, ResNet): Detectron2 builds the C4 res5 head and the dilated res5 only with
-#: bottleneck blocks.
+#: family -> (task, ResNet), also what benchmarks/engine_agreement.py runs. Detectron2 builds the
+#: C4 res5 head and the dilated res5 only with bottleneck blocks.
 FAMILIES: dict[str, tuple[str, str]] = {
     "fpn": ("coco_fpn_12k", "resnet18"),
     "c4": ("coco_c4_12k", "resnet50"),
