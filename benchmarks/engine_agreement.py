@@ -5,8 +5,8 @@
 
 For every task family, the same synthetic data, the same random-init ResNet checkpoint and the same
 effective config (the task's YAML chain with one set of --opts: a short schedule at 128-256 px,
-lighter RoI sampling and narrower heads) run through Detectron2 and through the built-in torchvision engine, seeds
-0..N-1 each, on the same path as ``detco-bench transfer`` (`plan_transfer` -> `run_transfer`). It
+lighter RoI sampling and narrower heads) run through Detectron2 and through the built-in torchvision
+engine, seeds 0..N-1 each, on the same path as ``detco-bench transfer`` (`plan_transfer` -> `run_transfer`). It
 prints, per family and metric, each engine's mean +- std over the seeds, the gap (torchvision -
 Detectron2) and whether it is within max(seed std, 1 AP point); and each engine's median seconds per
 training iteration (from its own log: ``metrics.jsonl`` / detectron2's ``metrics.json``, first

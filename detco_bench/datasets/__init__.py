@@ -32,6 +32,7 @@ from detco_bench.datasets.keypoints import (
     COCO_PERSON_KEYPOINTS,
     COCO_PERSON_OKS_SIGMAS,
     coco_person_keypoint_meta,
+    dataset_flip_map,
     keypoint_flip_map,
 )
 from detco_bench.datasets.spec import DATA_ROOT_ENV, KINDS, DatasetSpec, data_root
@@ -60,6 +61,7 @@ __all__ = [
     "coco_person_keypoint_meta",
     "custom_coco_dataset",
     "data_root",
+    "dataset_flip_map",
     "keypoint_flip_map",
     "load_cityscapes_instances",
     "load_cityscapes_semantic",

@@ -3,7 +3,7 @@ the left/right pairs of any list of keypoint names."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 COCO_PERSON_KEYPOINTS: tuple[str, ...] = (
@@ -68,3 +68,9 @@ def keypoint_flip_map(names: Iterable[str]) -> list[list[str]]:
             if twin in names:
                 pairs.append([n, twin])
     return pairs
+
+
+def dataset_flip_map(meta: Mapping[str, Any], names: Iterable[str]) -> list[list[str]]:
+    """The flip pairs of a keypoint dataset: its metadata's ``keypoint_flip_map``, else the
+    left/right pairs among its keypoint `names` (both engines read them through this)."""
+    return [list(p) for p in meta.get("keypoint_flip_map") or keypoint_flip_map(names)]

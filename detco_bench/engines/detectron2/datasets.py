@@ -14,7 +14,7 @@ from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.pascal_voc import register_pascal_voc
 from detectron2.structures import BoxMode
 
-from detco_bench.datasets import DatasetSpec, keypoint_flip_map, load_cityscapes_instances, load_cityscapes_semantic
+from detco_bench.datasets import DatasetSpec, dataset_flip_map, load_cityscapes_instances, load_cityscapes_semantic
 from detco_bench.transfer.plan import TransferPlan
 
 
@@ -35,8 +35,7 @@ def _register(name: str, spec: DatasetSpec) -> None:
             names = spec.meta["keypoint_names"]
             meta.set(
                 keypoint_names=list(names),
-                # the torchvision engine's rule: left_* / right_* names pair up when no map is given
-                keypoint_flip_map=[tuple(p) for p in spec.meta.get("keypoint_flip_map") or keypoint_flip_map(names)],
+                keypoint_flip_map=[tuple(p) for p in dataset_flip_map(spec.meta, names)],
             )
             rules = spec.meta.get("keypoint_connection_rules")
             if rules:

@@ -10,7 +10,7 @@ from typing import Any
 
 from pycocotools.coco import COCO
 
-from detco_bench.datasets import COCO_PERSON_OKS_SIGMAS, DatasetSpec, keypoint_flip_map
+from detco_bench.datasets import COCO_PERSON_OKS_SIGMAS, DatasetSpec, dataset_flip_map
 from detco_bench.engines.torchvision.data.records import DatasetMeta, Record
 from detco_bench.engines.torchvision.settings import Settings
 
@@ -43,7 +43,7 @@ def load_coco(spec: DatasetSpec, settings: Settings, keypoints: bool) -> tuple[l
         names = list(spec.meta.get("keypoint_names") or cats[0].get("keypoints") or [])
         if not names:
             raise ValueError(f"{spec.json_file}: a keypoint dataset needs keypoint names")
-        pairs = spec.meta.get("keypoint_flip_map") or keypoint_flip_map(names)
+        pairs = dataset_flip_map(spec.meta, names)
         meta.keypoint_names = names
         meta.keypoint_flip = _flip_indices(names, pairs)
         sigmas = list(settings.get("TEST.KEYPOINT_OKS_SIGMAS") or spec.meta.get("keypoint_oks_sigmas") or [])
