@@ -13,6 +13,9 @@ Prints, in one run on one machine:
     measured step rate on a GPU, else at 1,000 img/s per GPU);
   - with --compare-amp (CUDA), DetCo img/s at bf16 + channels_last vs fp32 (also alternated).
 
+CPU steps run with freed memory kept in the process between steps, as pretrain.train runs them
+(pretrain.heap); --default-heap times them with glibc's default settings instead.
+
     python benchmarks/pretrain_throughput.py [--arch resnet50] [--batch-size 8] [--steps 3]
     python benchmarks/pretrain_throughput.py --step-only --steps 5   # the step timing alone
     python benchmarks/pretrain_throughput.py --pipeline-only [--rounds 7] [--pipeline-images 16]
@@ -39,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the reference
 from pretrain.config import PretrainConfig  # noqa: E402
 from pretrain.data import ContrastiveViews, FolderSource, find_images  # noqa: E402
 from pretrain.detco import DetCo  # noqa: E402
+from pretrain.heap import freed_memory_kept  # noqa: E402
 from pretrain.optim import pretrain_optimizer  # noqa: E402
 from pretrain.synthetic import render_scene  # noqa: E402
 from tests.test_pretrain_augment_stats import ReferenceJigsawPatches, reference_global_view  # noqa: E402
@@ -197,11 +201,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (this machine: 2 cores)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compare-amp", action="store_true", help="DetCo bf16+channels_last vs fp32")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="memory format of both methods' steps (default: pretrain.train's for the device)")
+    parser.add_argument("--default-heap", action="store_true",
+                        help="time CPU steps with glibc's default malloc settings, as pretrain.train does not")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     base = PretrainConfig(arch=args.arch, batch_size=args.batch_size, image_size=args.image_size,
-                          queue_size=65536 - 65536 % args.batch_size or args.batch_size, workers=0)
+                          queue_size=65536 - 65536 % args.batch_size or args.batch_size, workers=0,
+                          channels_last=args.channels_last)
     detco = base
     moco = dataclasses.replace(base, multi_level=False, local_contrast=False, randaugment=False)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{args.threads} threads"
@@ -211,7 +220,11 @@ def main() -> None:
     gpu_rate = None
     if not args.pipeline_only:
         print(f"step timing, {args.steps} alternating rounds after 1 warm-up step each; {_load()}")
-        times = interleaved_step_times({"MoCo v2": moco, "DetCo": detco}, device, args.steps)
+        keep = device.type == "cpu" and not args.default_heap  # as pretrain.train runs its CPU steps
+        with freed_memory_kept() if keep else nullcontext() as kept:
+            print("CPU heap: " + ("freed memory kept between steps (pretrain.heap), as pretrain.train does" if kept
+                                  else "glibc's default (freed blocks over the mmap threshold go back to the kernel)"))
+            times = interleaved_step_times({"MoCo v2": moco, "DetCo": detco}, device, args.steps)
         rates = report_steps(times, args.batch_size, "MoCo v2", "DetCo")
         print(f"after the step timing: {_load()}")
         if device.type == "cuda":

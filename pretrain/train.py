@@ -37,6 +37,7 @@ from pretrain.config import PretrainConfig
 from pretrain.data import ContrastiveViews, EpochSampler, ImageSource, build_source
 from pretrain.detco import DetCo
 from pretrain.errors import NonFiniteLossError, PretrainInputError
+from pretrain.heap import freed_memory_kept
 from pretrain.lock import folder_lock, is_lock_file
 from pretrain.optim import pretrain_optimizer
 from pretrain.split_bn import describe_bn, resolve_bn_splits
@@ -215,7 +216,8 @@ def train_run(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False,
             console.print(f"run in {out} already finished ({state['epoch']} epochs)", soft_wrap=True)
         return _summary_of_finished(state, out, ckpt)
 
-    with folder_lock(out) if is_main else nullcontext():
+    # CPU steps re-fault their freed memory from the kernel every step otherwise (pretrain.heap).
+    with folder_lock(out) if is_main else nullcontext(), freed_memory_kept() if device.type == "cpu" else nullcontext():
         if is_main:
             check_run_dir(out, resume)  # again: the folder may have changed before we held the lock
             if resume and _file_id(ckpt) != loaded_id:  # another run wrote it after we read it
