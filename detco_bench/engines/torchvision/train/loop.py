@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +26,9 @@ from detco_bench.engines.torchvision.train.metrics_log import MetricsLog
 from detco_bench.engines.torchvision.train.solver import lr_factor, set_lr
 
 LOG_PERIOD = 20
+#: Iterations at the start of a run left out of the logged "time", as Detectron2's IterationTimer
+#: leaves them out (its warmup_iter=3 counts from 1: the first two).
+TIME_WARMUP = 2
 
 
 #: Called after every training iteration with (completed iterations, loss dict); tests replace it
@@ -101,13 +106,18 @@ def train_loop(
     base_lr = s.float("SOLVER.BASE_LR")
     period = s.int("SOLVER.CHECKPOINT_PERIOD")
     model.train()
-    t_last = time.perf_counter()
+    # Logged as Detectron2's metrics.json has them: "time", seconds from the start of an iteration
+    # to its reduced losses (checkpoints, evaluations and progress output left out), and
+    # "data_time", seconds to fetch its batch; each the median over the last LOG_PERIOD iterations.
+    step_times: deque[float] = deque(maxlen=LOG_PERIOD)
+    data_times: deque[float] = deque(maxlen=LOG_PERIOD)
     for it in range(start_iter, max_iter):
+        t_start = time.perf_counter()
         lr = set_lr(optimizer, base_lr, lr_factor(it, s))
         t0 = time.perf_counter()
         images, targets = next(batches)
         images, targets = _to_device(images, targets, device)
-        data_time = time.perf_counter() - t0
+        data_times.append(time.perf_counter() - t0)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loss_dict = model(images, targets)
         losses = sum(loss_dict.values())
@@ -127,15 +137,16 @@ def train_loop(
         done = it + 1
         values = _reduce(loss_dict)
         values["total_loss"] = sum(values.values())
-        now = time.perf_counter()
+        if done - start_iter > TIME_WARMUP:
+            step_times.append(time.perf_counter() - t_start)
         if done % LOG_PERIOD == 0 or done == max_iter or it == start_iter:
-            log.write(done, {**values, "lr": lr, "time": now - t_last, "data_time": data_time})
+            timing = {"time": statistics.median(step_times)} if step_times else {}
+            log.write(done, {**values, "lr": lr, **timing, "data_time": statistics.median(data_times)})
             logger(
                 f"iter {done}/{max_iter}  loss {values['total_loss']:.4f}  "
                 + "  ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "total_loss")
                 + f"  lr {lr:.6g}"
             )
-        t_last = now
         if progress is not None:
             progress(done, values["total_loss"], lr)
         evaluate = periodic is not None and periodic.due(done, max_iter)
