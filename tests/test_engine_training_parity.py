@@ -9,7 +9,8 @@ with the same task, checkpoint and --opts; the torchvision engine's `build_model
   parameters, and every parameter's learning rate and weight decay in the optimizer;
 * the first training batch agrees: each engine's own data pipeline gives the same images, boxes,
   classes, keypoints and label maps for the same annotations (nothing random: flips off, sizes
-  fixed; then once with every image flipped and once resized, to a shortest edge of 64 px);
+  fixed; then once with every image flipped, once resized, to a shortest edge of 64 px, and once
+  cropped, with both engines' random draws forced to the same crop windows);
 * with Detectron2's weights copied in (`weights_map`), the same batch and the same RNG seed
   (both engines sample anchors and RoIs with ``torch.randperm``), the training losses and every
   parameter's gradient agree to float tolerance.
@@ -23,10 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -72,15 +75,34 @@ OPTS = [
     "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS", "(32, 32)", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
 ]  # fmt: skip
 BATCH = 2
+#: INPUT.CROP on, relative_range: each side a uniform 1/2 ... 1 of the image's (`CROP_TRIES`).
+CROP = ["INPUT.CROP.ENABLED", "True", "INPUT.CROP.TYPE", "relative_range", "INPUT.CROP.SIZE", "(0.5, 0.5)"]
 #: Variants checked on top of the plain batch: every image flipped (boxes, polygons, keypoints
 #: mirrored, left / right swapped; label maps) and every image resized (128 x 192 -> 64 x 96: boxes,
 #: polygons and keypoints scaled, label maps by PIL's nearest-neighbour rule as Detectron2 does).
 #: 64 x 96 needs no padding to FPN's multiple of 32: in a padded band the RPN's objectness ties
-#: exactly, and each engine's top-k breaks the ties in its own anchor order.
+#: exactly, and each engine's top-k breaks the ties in its own anchor order. And every image cropped
+#: as the semantic task trains (after the resize, RandomCrop_CategoryAreaConstraint, without and
+#: with an area limit; `CROP_TRIES`): semantic segmentation only, as the torchvision engine refuses
+#: INPUT.CROP for detection (docs/torchvision_engine.md).
 VARIANTS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "flipped": (["INPUT.RANDOM_FLIP", "horizontal"], ("fpn", "keypoint", "cityscapes_inst", "cityscapes_sem")),
     "resized": (["INPUT.MIN_SIZE_TRAIN", "(64,)"], ("fpn", "keypoint", "cityscapes_inst", "cityscapes_sem")),
+    "cropped": (CROP, ("cityscapes_sem",)),
+    "cropped_constrained": (CROP + ["INPUT.CROP.SINGLE_CATEGORY_MAX_AREA", "0.75"], ("cityscapes_sem",)),
 }
+#: The crop variants' random draws, the same in both engines and every image (`forced_draws`): per
+#: try of a crop window, the uniforms of its height and width (0: half the image's, 1: all of it)
+#: and its offsets as fractions of their ranges (0: top / left, 1: bottom / right). On the 128 x 192
+#: images: "cropped" takes 64 x 144 at (y 64, x 12), road and objects below the horizon; with the
+#: area limit, the first try, 64 x 144 at the top left, is sky only (rejected), the second takes
+#: 96 x 96 at (16, 48) across the horizon.
+CROP_TRIES: dict[str, list[tuple[float, float, float, float]]] = {
+    "cropped": [(0.0, 0.5, 1.0, 0.25)],
+    "cropped_constrained": [(0.0, 0.5, 0.0, 0.0), (0.5, 0.0, 0.5, 0.5)],
+}
+#: The crops' sizes (H, W): that the constrained variant's is its second try's says it rejected one.
+CROP_SHAPES: dict[str, tuple[int, int]] = {"cropped": (64, 144), "cropped_constrained": (96, 96)}
 #: The torchvision engine's loss names -> Detectron2's (R-CNN; RetinaNet).
 LOSS_NAMES = {
     "loss_classifier": "loss_cls", "loss_objectness": "loss_rpn_cls", "loss_rpn_box_reg": "loss_rpn_loc",
@@ -130,19 +152,59 @@ def plans(root: Path, family: str, extra: list[str], variant: str) -> tuple[Tran
     return out[0], out[1]
 
 
+@contextlib.contextmanager
+def forced_draws(variant: str) -> Iterator[None]:
+    """Both engines' random draws for one image of `variant`, forced where they are drawn:
+    "flipped", each engine's flip coin (the torchvision engine flips when its `_uniform` is under
+    0.5, Detectron2's RandomFlip when its `_rand_range` is); the crop variants, the windows of
+    `CROP_TRIES` (the torchvision engine's `_uniform` and `_randint`; Detectron2's RandomCrop draws
+    with ``np.random.rand`` and ``np.random.randint``)."""
+    from detectron2.data.transforms import RandomFlip
+
+    datasets = "detco_bench.engines.torchvision.data.datasets"
+    with contextlib.ExitStack() as stack:
+        if variant == "flipped":
+            stack.enter_context(mock.patch(f"{datasets}._uniform", return_value=0.0))
+            stack.enter_context(mock.patch.object(RandomFlip, "_rand_range", return_value=0.0))
+        elif variant in CROP_TRIES:
+            sizes = iter([u for t in CROP_TRIES[variant] for u in t[:2]])
+            offsets = iter([f for t in CROP_TRIES[variant] for f in t[2:]])
+
+            def draw(forced: Iterator[float]) -> float:
+                value = next(forced, None)
+                assert value is not None, f"{variant}: more crop tries than CROP_TRIES has"
+                return value
+
+            def pick(low: int, high: int) -> int:
+                """An integer in `low` ... `high` at the next offset fraction. One value is no draw:
+                the torchvision engine draws its MIN_SIZE_TRAIN choice even among one size."""
+                return low if low == high else low + round(draw(offsets) * (high - low))
+
+            patches = {
+                f"{datasets}._uniform": lambda g: draw(sizes),
+                f"{datasets}._randint": lambda g, low, high: pick(low, high),
+                "numpy.random.rand": lambda n: np.array([draw(sizes) for _ in range(n)]),
+                "numpy.random.randint": lambda high: pick(0, high - 1),
+            }
+            for target, forced in patches.items():
+                stack.enter_context(mock.patch(target, side_effect=forced))
+        yield
+
+
 def build_pair(root: Path, family: str, variant: str = "") -> dict[str, Any]:
     """Both engines' models (as their jobs build them, weights loaded from the checkpoint), their
-    optimizers, and each engine's first training batch of the same images (`variant` "flipped":
-    INPUT.RANDOM_FLIP horizontal with both engines' coin forced to flip; "resized": see VARIANTS)."""
+    optimizers, and each engine's first training batch of the same images, with the random draws of
+    `variant` forced (`forced_draws`; "resized": see VARIANTS). Detectron2's semantic batch comes
+    from the engine's own mapper (`semantic_augmentations`: resize, crop, flip)."""
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.data import DatasetCatalog, DatasetMapper
-    from detectron2.data.transforms import RandomFlip
     from detectron2.modeling import build_model as d2_build_model
     from detectron2.solver import build_optimizer as d2_build_optimizer
 
     from detco_bench.engines.detectron2.config import build_cfg
     from detco_bench.engines.detectron2.datasets import register_datasets
     from detco_bench.engines.detectron2.heads import register_components
+    from detco_bench.engines.detectron2.trainer import semantic_augmentations
 
     plan, plan_d2 = plans(root, family, VARIANTS[variant][0] if variant else [], variant)
     s = Settings(plan.config)
@@ -175,14 +237,14 @@ def build_pair(root: Path, family: str, variant: str = "") -> dict[str, Any]:
         keypoint_on=keypoint_on,
     )
     d2_dicts = {Path(d["file_name"]).name: d for d in DatasetCatalog.get(cfg.DATASETS.TRAIN[0])}
-    mapper = DatasetMapper(cfg, is_train=True)
+    mapper = DatasetMapper(cfg, is_train=True, **({"augmentations": semantic_augmentations(cfg)} if sem else {}))
     picked = [i for i, r in enumerate(records) if sem or r["annotations"]][:BATCH]
-    with contextlib.ExitStack() as forced:
-        if variant == "flipped":  # each engine flips when its uniform draw is under 0.5
-            forced.enter_context(mock.patch("detco_bench.engines.torchvision.data.datasets._uniform", return_value=0.0))
-            forced.enter_context(mock.patch.object(RandomFlip, "_rand_range", return_value=0.0))
-        tv_batch = [dataset[(i, 0)] for i in picked]
-        d2_batch = [mapper(copy.deepcopy(d2_dicts[Path(records[i]["file_name"]).name])) for i in picked]
+    tv_batch, d2_batch = [], []
+    for i in picked:
+        with forced_draws(variant):
+            tv_batch.append(dataset[(i, 0)])
+        with forced_draws(variant):
+            d2_batch.append(mapper(copy.deepcopy(d2_dicts[Path(records[i]["file_name"]).name])))
     return {
         "variant": variant, "plan": plan, "settings": s, "cfg": cfg, "tv": tv, "d2": d2,
         "tv_batch": tv_batch, "d2_batch": d2_batch,
@@ -245,6 +307,7 @@ def test_first_batch_agrees(pair: dict[str, Any]) -> None:
     sem = pair["plan"].family == "cityscapes_sem"
     for (image, target), theirs in zip(pair["tv_batch"], pair["d2_batch"], strict=True):
         assert image.shape == theirs["image"].shape
+        assert image.shape[-2:] == CROP_SHAPES.get(pair["variant"], image.shape[-2:])
         ours_uint8 = (image * 255).round().to(torch.uint8)
         if pair["variant"] == "resized":  # antialiased resize vs PIL's bilinear: 1 grey level apart at most
             assert int((ours_uint8.int() - theirs["image"].int()).abs().max()) <= 1

@@ -231,11 +231,13 @@ class TrainDataset(Dataset):
         }
         if self.crop:
             h, w = int(sample["image"].shape[-2]), int(sample["image"].shape[-1])
-            ch, cw = self._crop_size(g, h, w)
             # RandomCrop_CategoryAreaConstraint: up to 10 tries for a crop where no single class
-            # covers more than SINGLE_CATEGORY_MAX_AREA of the labelled pixels.
+            # covers more than SINGLE_CATEGORY_MAX_AREA of the labelled pixels. Each try draws its
+            # size too (the "_range" types), as Detectron2's does: a size that no window of the
+            # image passes is not kept for the other tries.
             lab = sample["label"].as_subclass(Tensor)
             for _ in range(10 if self.crop_max_area < 1.0 else 1):
+                ch, cw = self._crop_size(g, h, w)
                 y0, x0 = _randint(g, 0, h - ch), _randint(g, 0, w - cw)
                 if self.crop_max_area >= 1.0:
                     break
