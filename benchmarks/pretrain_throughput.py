@@ -201,8 +201,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (this machine: 2 cores)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compare-amp", action="store_true", help="DetCo bf16+channels_last vs fp32")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                        help="memory format of both methods' steps (default: pretrain.train's for the device)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="both methods' steps in channels_last (pretrain's --channels-last; default off)")
     parser.add_argument("--default-heap", action="store_true",
                         help="time CPU steps with glibc's default malloc settings, as pretrain.train does not")
     args = parser.parse_args()
