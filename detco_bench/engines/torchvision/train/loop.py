@@ -113,11 +113,10 @@ def train_loop(
     data_times: deque[float] = deque(maxlen=LOG_PERIOD)
     for it in range(start_iter, max_iter):
         t_start = time.perf_counter()
-        lr = set_lr(optimizer, base_lr, lr_factor(it, s))
-        t0 = time.perf_counter()
         images, targets = next(batches)
         images, targets = _to_device(images, targets, device)
-        data_times.append(time.perf_counter() - t0)
+        data_times.append(time.perf_counter() - t_start)
+        lr = set_lr(optimizer, base_lr, lr_factor(it, s))
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loss_dict = model(images, targets)
         losses = sum(loss_dict.values())
