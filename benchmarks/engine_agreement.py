@@ -63,7 +63,7 @@ def schedule_opts(iters: int, family: str) -> list[str]:
         "SOLVER.CHECKPOINT_PERIOD", str(iters), "TEST.PRECISE_BN.ENABLED", "False", "DATALOADER.NUM_WORKERS", "0",
         "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "1000", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "300",
         "MODEL.RPN.PRE_NMS_TOPK_TEST", "500", "MODEL.RPN.POST_NMS_TOPK_TEST", "200",
-        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64" if family in ("c4", "voc_c4") else "128",
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16" if family in ("c4", "voc_c4") else "128",
         # heads a quarter wide: the mask head and the 256-channel FPN convs dominate a CPU iteration
         "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.ROI_BOX_HEAD.FC_DIM", "256", "MODEL.ROI_MASK_HEAD.CONV_DIM", "64",
         "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS", "(128, 128, 128, 128)", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "64",
