@@ -26,6 +26,9 @@ from detco_bench.engines.torchvision.train.metrics_log import MetricsLog
 from detco_bench.engines.torchvision.train.solver import lr_factor, set_lr
 
 LOG_PERIOD = 20
+#: Iterations each logged scalar is the median over: Detectron2's EventStorage smooths what its
+#: JSONWriter, TensorBoard writer and console printer show with window_size 20.
+WINDOW = 20
 #: Iterations at the start of a run left out of the logged "time", as Detectron2's IterationTimer
 #: leaves them out (its warmup_iter=3 counts from 1: the first two).
 TIME_WARMUP = 2
@@ -52,6 +55,22 @@ def _to_device(images: list[torch.Tensor], targets: list[Any], device: torch.dev
         else:
             moved.append(t.to(device, non_blocking=True))
     return images, moved
+
+
+class MedianWindows:
+    """The last `size` values of named scalars, and their medians: what Detectron2's
+    ``storage.latest_with_smoothing_hint(window_size)`` gives for scalars put with its default
+    smoothing hint (each loss term, total_loss, time, data_time)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._values: dict[str, deque[float]] = {}
+
+    def add(self, name: str, value: float) -> None:
+        self._values.setdefault(name, deque(maxlen=self.size)).append(value)
+
+    def medians(self) -> dict[str, float]:
+        return {name: statistics.median(values) for name, values in self._values.items()}
 
 
 @dataclass
@@ -106,16 +125,16 @@ def train_loop(
     base_lr = s.float("SOLVER.BASE_LR")
     period = s.int("SOLVER.CHECKPOINT_PERIOD")
     model.train()
-    # Logged as Detectron2's metrics.json has them: "time", seconds from the start of an iteration
-    # to its reduced losses (checkpoints, evaluations and progress output left out), and
-    # "data_time", seconds to fetch its batch; each the median over the last LOG_PERIOD iterations.
-    step_times: deque[float] = deque(maxlen=LOG_PERIOD)
-    data_times: deque[float] = deque(maxlen=LOG_PERIOD)
+    # Logged as Detectron2's metrics.json has them, each the median over the last WINDOW
+    # iterations: every loss term and total_loss (their sum in one iteration); "time", seconds from
+    # the start of an iteration to its reduced losses (checkpoints, evaluations and progress output
+    # left out); "data_time", seconds to fetch its batch. lr is the iteration's own.
+    smoothed = MedianWindows(WINDOW)
     for it in range(start_iter, max_iter):
         t_start = time.perf_counter()
         images, targets = next(batches)
         images, targets = _to_device(images, targets, device)
-        data_times.append(time.perf_counter() - t_start)
+        smoothed.add("data_time", time.perf_counter() - t_start)
         lr = set_lr(optimizer, base_lr, lr_factor(it, s))
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loss_dict = model(images, targets)
@@ -137,13 +156,15 @@ def train_loop(
         values = _reduce(loss_dict)
         values["total_loss"] = sum(values.values())
         if done - start_iter > TIME_WARMUP:
-            step_times.append(time.perf_counter() - t_start)
+            smoothed.add("time", time.perf_counter() - t_start)
+        for name, value in values.items():
+            smoothed.add(name, value)
         if done % LOG_PERIOD == 0 or done == max_iter or it == start_iter:
-            timing = {"time": statistics.median(step_times)} if step_times else {}
-            log.write(done, {**values, "lr": lr, **timing, "data_time": statistics.median(data_times)})
+            line = smoothed.medians()
+            log.write(done, {**line, "lr": lr})
             logger(
-                f"iter {done}/{max_iter}  loss {values['total_loss']:.4f}  "
-                + "  ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "total_loss")
+                f"iter {done}/{max_iter}  loss {line['total_loss']:.4f}  "
+                + "  ".join(f"{k} {line[k]:.4f}" for k in values if k != "total_loss")
                 + f"  lr {lr:.6g}"
             )
         if progress is not None:
