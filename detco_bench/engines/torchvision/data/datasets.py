@@ -206,8 +206,11 @@ class TrainDataset(Dataset):
         if t == "relative":
             return int(h * cs[0] + 0.5), int(w * cs[1] + 0.5)
         if t == "relative_range":
-            ch = cs[0] + _uniform(g) * (1 - cs[0])
-            cw = cs[1] + _uniform(g) * (1 - cs[1])
+            # Detectron2 holds the range's lower end in float32 (np.asarray(..., np.float32)) and
+            # draws in float64: the same here, so a size on a rounding edge comes out the same.
+            low_h, low_w = np.float32(cs[0]), np.float32(cs[1])
+            ch = float(low_h) + _uniform(g) * float(np.float32(1) - low_h)
+            cw = float(low_w) + _uniform(g) * float(np.float32(1) - low_w)
             return int(h * ch + 0.5), int(w * cw + 0.5)
         if t == "absolute":
             return min(int(cs[0]), h), min(int(cs[1]), w)
