@@ -161,6 +161,15 @@ CASES: list[Any] = [
      "no closing quotation"),
     ("opts-unbalanced-quote-protocol", ["transfer", "--task", "coco_fpn_1x", "--protocol", "--opts",
                                         "SOLVER.MAX_ITER '5"], "no closing quotation"),
+    # transfer: settings the torchvision engine refuses, found at plan time (engines/torchvision/check.py)
+    ("opts-torchvision-detection-crop", [*TRANSFER, "--out", "{tmp}/o", "--opts", "INPUT.CROP.ENABLED", "True"],
+     "INPUT.CROP for detection tasks is not supported by the torchvision engine"),
+    ("opts-torchvision-clip-gradients", [*TRANSFER, "--out", "{tmp}/o", "--opts", "SOLVER.CLIP_GRADIENTS.ENABLED",
+                                         "True"], "SOLVER.CLIP_GRADIENTS is not supported"),
+    ("opts-torchvision-box-head", [*TRANSFER, "--out", "{tmp}/o", "--opts", "MODEL.ROI_BOX_HEAD.NUM_FC", "1"],
+     "2-FC box head"),
+    ("opts-torchvision-lr-scheduler", [*TRANSFER, "--out", "{tmp}/o", "--opts", "SOLVER.LR_SCHEDULER_NAME",
+                                       "WarmupPolyLR"], "WarmupMultiStepLR or WarmupCosineLR"),
     # transfer: dataset contents, found at plan time
     ("data-missing", [*TRANSFER, "--out", "{tmp}/o", "--data-root", "{tmp}/nodata"],
      "annotation file not found"),

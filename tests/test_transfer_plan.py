@@ -83,6 +83,9 @@ class FakeEngine:
     def available(self) -> str | None:
         return None
 
+    def config_problems(self, config: dict[str, Any], family: str) -> list[str]:
+        return []
+
     def run(self, plan: TransferPlan) -> Path:
         self.plans.append(plan)
         if self.fail:

@@ -35,6 +35,13 @@ ARCHS: dict[str, ArchSpec] = {
     "resnet101": ArchSpec(101, "bottleneck", (3, 4, 23, 3)),
     "resnet152": ArchSpec(152, "bottleneck", (3, 8, 36, 3)),
 }
+
+
+def arch_of_depth(depth: int) -> str:
+    """The ResNet of MODEL.RESNETS.DEPTH `depth` (KeyError for a depth not in ARCHS)."""
+    return {spec.depth: name for name, spec in ARCHS.items()}[int(depth)]
+
+
 #: detectron2's names of the outputs of layer1..layer4.
 STAGES: tuple[str, ...] = ("res2", "res3", "res4", "res5")
 

@@ -1,8 +1,9 @@
 """Transfer engines: the registry behind ``detco-bench transfer --engine``.
 
 An engine is an object with ``name``, ``available() -> str | None`` (None when usable, else why
-not, one line) and ``run(plan) -> Path`` (train + evaluate one `TransferPlan`, write the result
-record, return its path). One folder per engine: `detco_bench.engines.detectron2` and
+not, one line), ``config_problems(config, family) -> list[str]`` (what it refuses in an effective
+config, one line each, found at plan time) and ``run(plan) -> Path`` (train + evaluate one
+`TransferPlan`, write the result record, return its path). One folder per engine: `detco_bench.engines.detectron2` and
 `detco_bench.engines.torchvision`, each with an ``engine`` module whose ``run(plan)`` the registry
 calls. Engines are imported lazily: importing this package never imports torch, detectron2 or an
 engine module. See docs/transfer.md for the contract an engine implements.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from detco_bench.errors import DETECTRON2_INSTALL_HINT, UserError
 
@@ -28,6 +29,7 @@ WEIGHTS_TARGET: dict[str, str] = {"detectron2": "detectron2", "torchvision": "to
 
 DETECTRON2_ENGINE_MODULE = "detco_bench.engines.detectron2.engine"
 TORCHVISION_ENGINE_MODULE = "detco_bench.engines.torchvision.engine"
+TORCHVISION_CHECK_MODULE = "detco_bench.engines.torchvision.check"
 _TORCHVISION_ENGINE_PRESENT = importlib.util.find_spec(TORCHVISION_ENGINE_MODULE) is not None
 
 
@@ -37,6 +39,8 @@ class Engine(Protocol):
     name: str
 
     def available(self) -> str | None: ...
+
+    def config_problems(self, config: dict[str, Any], family: str) -> list[str]: ...
 
     def run(self, plan: TransferPlan) -> Path: ...
 
@@ -50,6 +54,9 @@ class _ModuleEngine:
 
     def available(self) -> str | None:
         return None
+
+    def config_problems(self, config: dict[str, Any], family: str) -> list[str]:
+        return []
 
     def run(self, plan: TransferPlan) -> Path:
         reason = self.available()
@@ -83,6 +90,11 @@ class _TorchvisionEngine(_ModuleEngine):
         if not _TORCHVISION_ENGINE_PRESENT:
             return "the torchvision engine is not available yet"
         return None
+
+    def config_problems(self, config: dict[str, Any], family: str) -> list[str]:
+        if not _TORCHVISION_ENGINE_PRESENT:
+            return []
+        return importlib.import_module(TORCHVISION_CHECK_MODULE).config_problems(config, family)
 
     def run(self, plan: TransferPlan) -> Path:
         if not _TORCHVISION_ENGINE_PRESENT:

@@ -16,7 +16,7 @@ import torch
 
 from detco_bench.checkpoints import load_backbone, read_checkpoint, sha256_file
 from detco_bench.datasets import builtin_dataset, check_dataset, data_root, synthetic_manifest
-from detco_bench.engines import resolve_engine
+from detco_bench.engines import get_engine, resolve_engine
 from detco_bench.errors import UserError
 from detco_bench.paths import check_output_folder
 from detco_bench.records import config_hash, default_results_dir, new_run_id
@@ -182,6 +182,7 @@ def plan_options(options: TransferOptions) -> TransferPlan:
     opts_keys = {key for key, _ in parse_opts(opts)}
     changes.items.extend(fit_schedule(cfg, final, opts_keys))
     check_settings(final)
+    problems.extend(get_engine(engine).config_problems(final, task.family))
     for key in ("DATASETS.TRAIN", "DATASETS.TEST"):
         for name in get_key(final, key):
             if name not in datasets:

@@ -48,3 +48,22 @@ class Settings:
     def list(self, key: str) -> list[Any]:
         value = self[key]
         return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def class_count_key(family: str) -> str:
+    """The config key of the class count of `family`'s head."""
+    if family == "cityscapes_sem":
+        return "MODEL.SEM_SEG_HEAD.NUM_CLASSES"
+    if family == "retinanet":
+        return "MODEL.RETINANET.NUM_CLASSES"
+    return "MODEL.ROI_HEADS.NUM_CLASSES"
+
+
+def mask_on(family: str, s: Settings) -> bool:
+    """Whether a run of `family` trains instance masks."""
+    return bool(s["MODEL.MASK_ON"]) and family != "cityscapes_sem"
+
+
+def keypoint_on(family: str, s: Settings) -> bool:
+    """Whether a run of `family` trains keypoints."""
+    return family == "keypoint" or bool(s["MODEL.KEYPOINT_ON"])

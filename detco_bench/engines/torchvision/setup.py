@@ -17,20 +17,19 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from detco_bench.checkpoints import ARCHS
+from detco_bench.checkpoints import arch_of_depth
 from detco_bench.datasets import DatasetSpec
 from detco_bench.engines.torchvision.console import RunLog
 from detco_bench.engines.torchvision.data.load import load_records
 from detco_bench.engines.torchvision.data.records import DatasetMeta, Record
 from detco_bench.engines.torchvision.distributed import ProcessGroup
 from detco_bench.engines.torchvision.models.build import build_model, uses_sync_bn
-from detco_bench.engines.torchvision.settings import Settings
+from detco_bench.engines.torchvision.settings import Settings, class_count_key, keypoint_on, mask_on
 from detco_bench.engines.torchvision.train.loop import amp_settings
 from detco_bench.transfer.plan import TransferPlan
 from detco_bench.transfer_config import get_key
 
 ENGINE = "torchvision"
-_ARCH_OF_DEPTH = {spec.depth: name for name, spec in ARCHS.items()}
 
 
 @dataclass
@@ -78,7 +77,7 @@ def arch_of(plan: TransferPlan) -> str:
     if plan.checkpoint is not None:
         return plan.checkpoint.arch
     depth = int(plan.config.get("MODEL", {}).get("RESNETS", {}).get("DEPTH", 50))
-    return _ARCH_OF_DEPTH[depth]
+    return arch_of_depth(depth)
 
 
 def load_weights(plan: TransferPlan) -> dict[str, torch.Tensor] | None:
@@ -115,13 +114,7 @@ def load_datasets(
 
 def num_classes(plan: TransferPlan, s: Settings, meta: DatasetMeta) -> int:
     """The config's class count for the family's head, checked against the training data."""
-    family = plan.family
-    if family == "cityscapes_sem":
-        key = "MODEL.SEM_SEG_HEAD.NUM_CLASSES"
-    elif family == "retinanet":
-        key = "MODEL.RETINANET.NUM_CLASSES"
-    else:
-        key = "MODEL.ROI_HEADS.NUM_CLASSES"
+    key = class_count_key(plan.family)
     n = s.int(key)
     if n != len(meta.classes):
         raise ValueError(f"{key} is {n} but the training data has {len(meta.classes)} classes ({meta.classes[:6]})")
@@ -150,12 +143,11 @@ def setup_job(plan: TransferPlan, group: ProcessGroup) -> Job:
     _log_header(plan, log, group.world, device)
 
     sem = plan.family == "cityscapes_sem"
-    mask_on = bool(s["MODEL.MASK_ON"]) and not sem
-    keypoint_on = plan.family == "keypoint" or bool(s["MODEL.KEYPOINT_ON"])
-    train_records, meta, tests = load_datasets(plan, s, keypoint_on)
+    masks, keypoints = mask_on(plan.family, s), keypoint_on(plan.family, s)
+    train_records, meta, tests = load_datasets(plan, s, keypoints)
     classes = num_classes(plan, s, meta)
-    num_keypoints = len(meta.keypoint_names) if keypoint_on else None
-    if keypoint_on and s.int("MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS") != num_keypoints:
+    num_keypoints = len(meta.keypoint_names) if keypoints else None
+    if keypoints and s.int("MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS") != num_keypoints:
         raise ValueError(
             f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS is {s.int('MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS')} but the "
             f"data has {num_keypoints} keypoints"
@@ -178,8 +170,8 @@ def setup_job(plan: TransferPlan, group: ProcessGroup) -> Job:
         log=log,
         seed=seed,
         sem=sem,
-        mask_on=mask_on,
-        keypoint_on=keypoint_on,
+        mask_on=masks,
+        keypoint_on=keypoints,
         train_records=train_records,
         meta=meta,
         tests=tests,

@@ -214,6 +214,15 @@ def _settings(cfg: Config) -> Settings:
 def check_mappable(family: str, cfg: Config) -> None:
     """ValueError when `cfg` asks for a Detectron2 model the torchvision engine does not build
     (then no renaming can make the two agree)."""
+    problems = unbuilt_settings(family, cfg)
+    if problems:
+        raise ValueError(f"{family}: cannot map weights between the engines: {'; '.join(problems)}")
+
+
+def unbuilt_settings(family: str, cfg: Config) -> list[str]:
+    """The settings of `cfg` that ask for a Detectron2 model the torchvision engine does not build
+    (its trunk is torchvision's ResNet; its heads have no norm, no convs in the FPN box head and
+    class-specific outputs), one phrase each."""
     s = _settings(cfg)
     problems = []
     if s.int("MODEL.RESNETS.DEPTH") >= 50:
@@ -233,8 +242,7 @@ def check_mappable(family: str, cfg: Config) -> None:
             problems.append("a norm in the mask head (MODEL.ROI_MASK_HEAD.NORM)")
     if family == "retinanet" and str(s.get("MODEL.RETINANET.NORM", "")):
         problems.append("a norm in the RetinaNet head (MODEL.RETINANET.NORM)")
-    if problems:
-        raise ValueError(f"{family}: cannot map weights between the engines: {'; '.join(problems)}")
+    return problems
 
 
 # --------------------------------------------------------------------------------------------
