@@ -76,7 +76,8 @@ from detco_bench.checkpoints.verify import (
 from detco_bench.records import sha256_file  # the report's source checksum, which callers recompute
 
 __all__ = [
-    "ARCHS", "STAGES", "ArchSpec", "arch_of_depth", "detect_arch", "detectron2_expected_shapes", "torchvision_backbone_shapes",
+    "ARCHS", "STAGES", "ArchSpec", "arch_of_depth", "detect_arch", "detectron2_expected_shapes",
+    "torchvision_backbone_shapes",
     "LoadedBackbone", "load_backbone", "load_backbone_state_dict",
     "DETECTRON2_SETTINGS", "REPORT_SCHEMA", "REPORT_SCHEMA_VERSION", "TARGETS", "ConvertResult", "Target",
     "check_output_path", "convert_checkpoint", "report_path_for", "summarize_dropped",

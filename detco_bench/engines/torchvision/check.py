@@ -6,9 +6,10 @@ builds those parts with nothing loaded or written, each refusal becoming one lin
 augmentation (no records), the model on the meta device (no memory, no weights), its optimizer and
 the lr schedule; and it adds the settings no part reads but whose Detectron2 model the engine does
 not build (`weights_map.unbuilt_settings`: MODEL.RESNETS.STRIDE_IN_1X1 True, a ResNeXt, ...), which
-would otherwise train torchvision's model in their place without a word. So ``transfer --dry-run`` lists them, and a run stops before its folder exists
-instead of with a traceback inside the engine. What only the data can tell (class or keypoint
-counts that do not match the dataset) is still checked when the run sets up.
+would otherwise train torchvision's model in their place without a word. So ``transfer --dry-run``
+lists them, and a run stops before its folder exists instead of with a traceback inside the engine.
+What only the data can tell (class or keypoint counts that do not match the dataset) is still
+checked when the run sets up.
 """
 
 from __future__ import annotations
