@@ -74,3 +74,21 @@ def test_the_detectron2_engine_is_not_asked() -> None:
     config = apply_opts(effective_config(t, []), ["SOLVER.CLIP_GRADIENTS.ENABLED", "True"])
     assert get_engine("detectron2").config_problems(config, t.family) == []
     assert get_engine("torchvision").config_problems(config, t.family) != []
+
+
+def test_a_class_count_the_data_contradicts_is_one_line_at_setup(tmp_path: Path) -> None:
+    """What only the data tells (the class count) is checked when the run sets up: a `UserError`
+    (the command's one `error:` line, exit 2), not a traceback."""
+    from detco_bench.errors import UserError
+    from detco_bench.synthetic import write_synthetic_dataset
+    from detco_bench.transfer import plan_transfer, run_transfer
+    from tests.conftest import save_random_resnet
+
+    write_synthetic_dataset(tmp_path / "data", "coco", num_train=2, num_val=1, seed=0, image_size=(64, 64))
+    plan = plan_transfer("coco_fpn_12k", save_random_resnet(tmp_path / "r18.pth"), tmp_path / "job",
+                         engine="torchvision", device="cpu", data_root_dir=tmp_path / "data",
+                         results_dir=tmp_path / "results", cache_dir=tmp_path / "cache",
+                         opts=["SOLVER.MAX_ITER", "1", "MODEL.ROI_HEADS.NUM_CLASSES", "7"])
+    assert plan.problems == []
+    with pytest.raises(UserError, match="MODEL.ROI_HEADS.NUM_CLASSES is 7 but the training data has 4 classes"):
+        run_transfer(plan, log=lambda m: None)

@@ -1,9 +1,10 @@
 """The setup phase of a torchvision-engine job: everything training and evaluation share.
 
 `setup_job` reads the plan's effective config, seeds the process, loads the training and test
-records, checks the class and keypoint counts against the data, builds the model on the converted
-backbone weights (SyncBatchNorm when several GPU processes train and the config asks for it) and
-picks the AMP mode; the result is a `Job`.
+records, checks the class and keypoint counts against the data (a mismatch is a `UserError`: one
+line), builds the model on the converted backbone weights (SyncBatchNorm when several GPU processes
+train and the config asks for it) and picks the AMP mode; the result is a `Job`. What the engine
+refuses in the config alone is found at plan time (`check`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from detco_bench.engines.torchvision.distributed import ProcessGroup
 from detco_bench.engines.torchvision.models.build import build_model, uses_sync_bn
 from detco_bench.engines.torchvision.settings import Settings, class_count_key, keypoint_on, mask_on
 from detco_bench.engines.torchvision.train.loop import amp_settings
+from detco_bench.errors import UserError
 from detco_bench.transfer.plan import TransferPlan
 from detco_bench.transfer_config import get_key
 
@@ -100,7 +102,7 @@ def load_datasets(
     for name in get_key(plan.config, "DATASETS.TRAIN"):
         records, meta = load_records(plan.datasets[name], s, keypoints=keypoint_on)
         if train_meta is not None and meta.classes != train_meta.classes:
-            raise ValueError(f"training datasets disagree on their classes: {train_meta.classes} vs {meta.classes}")
+            raise UserError(f"training datasets disagree on their classes: {train_meta.classes} vs {meta.classes}")
         train_meta = train_meta or meta
         train_records.extend(records)
     tests = []
@@ -108,7 +110,7 @@ def load_datasets(
         records, meta = load_records(plan.datasets[name], s, keypoints=keypoint_on)
         tests.append(TestSet(plan.datasets[name], records, meta))
     if train_meta is None:
-        raise ValueError("DATASETS.TRAIN is empty")
+        raise UserError("DATASETS.TRAIN is empty")
     return train_records, train_meta, tests
 
 
@@ -117,7 +119,7 @@ def num_classes(plan: TransferPlan, s: Settings, meta: DatasetMeta) -> int:
     key = class_count_key(plan.family)
     n = s.int(key)
     if n != len(meta.classes):
-        raise ValueError(f"{key} is {n} but the training data has {len(meta.classes)} classes ({meta.classes[:6]})")
+        raise UserError(f"{key} is {n} but the training data has {len(meta.classes)} classes ({meta.classes[:6]})")
     return n
 
 
@@ -148,7 +150,7 @@ def setup_job(plan: TransferPlan, group: ProcessGroup) -> Job:
     classes = num_classes(plan, s, meta)
     num_keypoints = len(meta.keypoint_names) if keypoints else None
     if keypoints and s.int("MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS") != num_keypoints:
-        raise ValueError(
+        raise UserError(
             f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS is {s.int('MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS')} but the "
             f"data has {num_keypoints} keypoints"
         )
