@@ -1,6 +1,7 @@
 """The torchvision transfer engine (``detco-bench transfer --engine torchvision``).
 
 * `engine`: ``run(plan)``, the launcher, and the per-process `_worker`.
+* `check`: what the engine refuses in an effective config, found at plan time (`config_problems`).
 * `setup`: the setup phase (config, seed, data, model) -> a `Job`.
 * `train`: solver, loop, checkpoints; `train.run.train` is the training phase.
 * `evaluate`: COCO / VOC / Cityscapes scoring; `evaluate.run.evaluate` is the evaluation phase.
