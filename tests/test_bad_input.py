@@ -162,8 +162,8 @@ CASES: list[Any] = [
     ("opts-unbalanced-quote-protocol", ["transfer", "--task", "coco_fpn_1x", "--protocol", "--opts",
                                         "SOLVER.MAX_ITER '5"], "no closing quotation"),
     # transfer: settings the torchvision engine refuses, found at plan time (engines/torchvision/check.py)
-    ("opts-torchvision-detection-crop", [*TRANSFER, "--out", "{tmp}/o", "--opts", "INPUT.CROP.ENABLED", "True"],
-     "INPUT.CROP for detection tasks is not supported by the torchvision engine"),
+    ("opts-torchvision-detection-crop", [*TRANSFER, "--out", "{tmp}/o", "--opts", "INPUT.CROP.ENABLED", "True",
+                                         "INPUT.CROP.TYPE", "centre"], "INPUT.CROP.TYPE 'centre'"),
     ("opts-torchvision-clip-gradients", [*TRANSFER, "--out", "{tmp}/o", "--opts", "SOLVER.CLIP_GRADIENTS.ENABLED",
                                          "True"], "SOLVER.CLIP_GRADIENTS is not supported"),
     ("opts-torchvision-box-head", [*TRANSFER, "--out", "{tmp}/o", "--opts", "MODEL.ROI_BOX_HEAD.NUM_FC", "1"],

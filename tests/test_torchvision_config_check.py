@@ -22,7 +22,7 @@ def test_no_task_protocol_is_refused(task: str) -> None:
 
 
 @pytest.mark.parametrize("opts,fragment", [
-    (["INPUT.CROP.ENABLED", "True"], "INPUT.CROP for detection tasks is not supported"),
+    (["INPUT.CROP.ENABLED", "True", "INPUT.CROP.TYPE", "centre"], "INPUT.CROP.TYPE 'centre'"),
     (["INPUT.MASK_FORMAT", "rle"], "INPUT.MASK_FORMAT 'rle': polygon or bitmask"),
     (["INPUT.RANDOM_FLIP", "diagonal"], "INPUT.RANDOM_FLIP 'diagonal'"),
     (["SOLVER.CLIP_GRADIENTS.ENABLED", "True"], "SOLVER.CLIP_GRADIENTS is not supported"),
@@ -43,6 +43,7 @@ def test_each_refusal_is_one_line(opts: list[str], fragment: str) -> None:
 def test_refusals_of_several_parts_are_all_listed() -> None:
     t = get_task("retinanet_12k")
     config = apply_opts(effective_config(t, []), ["MODEL.RETINANET.NUM_CONVS", "2", "INPUT.CROP.ENABLED", "True",
+                                                  "INPUT.CROP.TYPE", "centre",
                                                   "SOLVER.LR_SCHEDULER_NAME", "WarmupPolyLR"])
     problems = config_problems(config, t.family)
     assert len(problems) == 3, problems

@@ -2,7 +2,8 @@
 
 Training augmentation is Detectron2's, written with torchvision.transforms.v2 on tv_tensors so that
 boxes (`BoundingBoxes`), masks (`Mask`) and keypoints (`KeyPoints`, with the flip map) move with the
-image: ResizeShortestEdge (MIN_SIZE_TRAIN "choice" or "range", MAX_SIZE_TRAIN), then for semantic
+image: for detection the INPUT.CROP crop (Detectron2's DatasetMapper puts it first), then
+ResizeShortestEdge (MIN_SIZE_TRAIN "choice" or "range", MAX_SIZE_TRAIN), then for semantic
 segmentation the INPUT.CROP crop, then the INPUT.RANDOM_FLIP flip. Every random decision of a sample
 comes from a generator seeded by (SEED, rank, position in the rank's sample stream), so a resumed run
 sees the same images with the same augmentation as an uninterrupted one, whatever the workers.
@@ -20,6 +21,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from detco_bench.engines.torchvision.data.crop import Window, crop_box, crop_polygons, mask_boxes, polygon_box
 from detco_bench.engines.torchvision.data.images import annotation_mask, read_image, resize_mask, shortest_edge_size
 from detco_bench.engines.torchvision.data.polygons import Polygons, as_polygons, pack_polygons, transform_polygons
 from detco_bench.engines.torchvision.data.records import DatasetMeta, Record
@@ -29,6 +31,10 @@ from detco_bench.engines.torchvision.settings import Settings
 def sample_seed(seed: int, rank: int, position: int) -> int:
     """The augmentation seed of the `position`-th sample of `rank`'s stream."""
     return (int(seed) * 1_000_003 + int(rank) * 7_919 + int(position) * 104_729 + 12_345) % (2**62)
+
+
+#: Detectron2's RandomCrop types (`TrainDataset._crop_size`).
+CROP_TYPES = ("relative_range", "relative", "absolute", "absolute_range")
 
 
 def _uniform(g: torch.Generator) -> float:
@@ -83,8 +89,8 @@ class TrainDataset(Dataset):
         self.crop_size = [float(v) for v in s.list("INPUT.CROP.SIZE")]
         self.crop_max_area = float(s.get("INPUT.CROP.SINGLE_CATEGORY_MAX_AREA", 1.0))
         self.ignore = int(s.get("MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 255))
-        if self.crop and task != "sem_seg":
-            raise ValueError("INPUT.CROP for detection tasks is not supported by the torchvision engine")
+        if self.crop and self.crop_type not in CROP_TYPES:
+            raise ValueError(f"INPUT.CROP.TYPE {self.crop_type!r}: {', '.join(CROP_TYPES)}")
         if self.flip not in ("horizontal", "vertical", "none"):
             raise ValueError(f"INPUT.RANDOM_FLIP {self.flip!r}: horizontal, vertical or none")
         if self.flip == "vertical" and keypoint_on:
@@ -121,6 +127,13 @@ class TrainDataset(Dataset):
             return None
         return v2.RandomHorizontalFlip(p=1.0) if self.flip == "horizontal" else v2.RandomVerticalFlip(p=1.0)
 
+    def _crop_window(self, g: torch.Generator, h: int, w: int) -> Window:
+        """Detectron2's RandomCrop window (x0, y0, x1, y1) in an (h, w) image: its size, then its
+        top, then its left offset, drawn in that order."""
+        ch, cw = self._crop_size(g, h, w)
+        y0, x0 = _randint(g, 0, h - ch), _randint(g, 0, w - cw)
+        return x0, y0, x0 + cw, y0 + ch
+
     def _detection(self, rec: Record, image: Tensor, g: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
         h, w = int(image.shape[-2]), int(image.shape[-1])
         anns = [a for a in rec["annotations"] if not a.get("iscrowd")]
@@ -128,9 +141,17 @@ class TrainDataset(Dataset):
             anns = [a for a in anns if a.get("segmentation") is not None]
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         labels = torch.tensor([a["category"] + self.label_offset for a in anns], dtype=torch.int64)
+        window: Window | None = None
+        if self.crop:
+            # Detectron2's DatasetMapper crops first, before the resize and the flip
+            window = self._crop_window(g, h, w)
+            x0, y0, x1, y1 = window
+            image = image[:, y0:y1, x0:x1].contiguous()
+            boxes = torch.from_numpy(crop_box(boxes.numpy(), window))
+        ih, iw = int(image.shape[-2]), int(image.shape[-1])  # the image the resize sees
         sample: dict[str, Any] = {
             "image": tv_tensors.Image(image),
-            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(ih, iw)),
         }
         visibility = None
         if self.keypoint_on:
@@ -139,9 +160,12 @@ class TrainDataset(Dataset):
                 [a.get("keypoints") or [0.0] * (3 * k) for a in anns], dtype=torch.float32
             ).reshape(-1, k, 3)
             visibility = kp[..., 2].clone()
-            sample["keypoints"] = tv_tensors.KeyPoints(kp[..., :2].contiguous(), canvas_size=(h, w))
-        size = self._size(g, h, w)
-        if size != (h, w):
+            xy = kp[..., :2].contiguous()
+            if window is not None:
+                xy = xy - torch.tensor(window[:2], dtype=xy.dtype)  # outside the crop: hidden below
+            sample["keypoints"] = tv_tensors.KeyPoints(xy, canvas_size=(ih, iw))
+        size = self._size(g, ih, iw)
+        if size != (ih, iw):
             sample = v2.Resize(list(size), antialias=True)(sample)
         flip = self._flip_transform(g)
         if flip is not None:
@@ -157,12 +181,16 @@ class TrainDataset(Dataset):
         sample["boxes"] = v2.ClampBoundingBoxes()(sample["boxes"])
         out_h, out_w = sample["image"].shape[-2:]
         bxs = sample["boxes"].as_subclass(Tensor)
-        keep = ((bxs[:, 2] - bxs[:, 0]) > 1e-5) & ((bxs[:, 3] - bxs[:, 1]) > 1e-5)
-        target: dict[str, Tensor] = {"boxes": bxs[keep].float(), "labels": labels[keep]}
-        if self.mask_on:
-            kept = [a for a, k in zip(anns, keep.tolist(), strict=True) if k]
-            flipped = self.flip if flip is not None else None
-            target.update(self._instance_masks(kept, (h, w), (int(out_h), int(out_w)), flipped))
+        flipped = self.flip if flip is not None else None
+        if window is not None and self.mask_on:
+            target = self._cropped_instances(anns, labels, (h, w), (int(out_h), int(out_w)), flipped, window)
+            keep = target.pop("keep")
+        else:
+            keep = ((bxs[:, 2] - bxs[:, 0]) > 1e-5) & ((bxs[:, 3] - bxs[:, 1]) > 1e-5)
+            target = {"boxes": bxs[keep].float(), "labels": labels[keep]}
+            if self.mask_on:
+                kept = [a for a, k in zip(anns, keep.tolist(), strict=True) if k]
+                target.update(self._instance_masks(kept, (h, w), (int(out_h), int(out_w)), flipped))
         if self.keypoint_on and visibility is not None:
             xy = sample["keypoints"].as_subclass(Tensor)
             inside = (xy[..., 0] >= 0) & (xy[..., 1] >= 0) & (xy[..., 0] <= out_w) & (xy[..., 1] <= out_h)
@@ -172,6 +200,81 @@ class TrainDataset(Dataset):
         img = sample["image"].as_subclass(Tensor).float().div_(255.0)
         return img, target
 
+    def _cropped_instances(
+        self,
+        anns: list[dict[str, Any]],
+        labels: Tensor,
+        in_size: tuple[int, int],
+        out_size: tuple[int, int],
+        flip: str | None,
+        window: Window,
+    ) -> dict[str, Tensor]:
+        """Boxes, labels and masks of a cropped image with masks, as Detectron2 makes them when it
+        crops (``recompute_boxes``): each box is the extent of the instance's cropped mask (its
+        polygons' coordinates with INPUT.MASK_FORMAT "polygon", its pixels otherwise), and an
+        instance whose box or mask is empty is dropped (``filter_empty_instances``). ``keep``:
+        bool [N], the instances kept (for the keypoints)."""
+        masks, polygons = self._moved_masks(anns, in_size, out_size, flip, window)
+        boxes = np.zeros((len(anns), 4), dtype=np.float32)
+        nonempty = torch.zeros(len(anns), dtype=torch.bool)
+        for i, (mask, polys) in enumerate(zip(masks, polygons, strict=True)):
+            if self.mask_format == "polygon" and polys is not None:  # PolygonMasks
+                boxes[i], nonempty[i] = polygon_box(polys), len(polys) > 0
+            else:  # BitMasks
+                boxes[i], nonempty[i] = mask_boxes(mask[None])[0], bool(mask.any())
+        bxs = torch.from_numpy(boxes)
+        keep = ((bxs[:, 2] - bxs[:, 0]) > 1e-5) & ((bxs[:, 3] - bxs[:, 1]) > 1e-5) & nonempty
+        kept = [i for i in range(len(anns)) if keep[i]]
+        out = {"boxes": bxs[keep].float(), "labels": labels[keep], "keep": keep}
+        out.update(self._pack_masks([masks[i] for i in kept], [polygons[i] for i in kept], out_size))
+        return out
+
+    def _moved_masks(
+        self,
+        anns: list[dict[str, Any]],
+        in_size: tuple[int, int],
+        out_size: tuple[int, int],
+        flip: str | None,
+        window: Window | None = None,
+    ) -> tuple[list[np.ndarray], list[Polygons | None]]:
+        """Per instance its mask uint8 [H', W'] in the output image and its polygons there (None for
+        an RLE mask): cut to the crop `window` (if any), resized to `out_size`, flipped."""
+        (h, w), (oh, ow) = in_size, out_size
+        if window is not None:
+            x0, y0, x1, y1 = window
+            scale = (ow / (x1 - x0), oh / (y1 - y0))
+        else:
+            scale = (ow / w, oh / h)
+        masks: list[np.ndarray] = []
+        polygons: list[Polygons | None] = []
+        for a in anns:
+            segm = a["segmentation"]
+            if isinstance(segm, list):
+                polys = as_polygons(segm) if window is None else crop_polygons(as_polygons(segm), window)
+                moved = transform_polygons(polys, scale, flip, out_size)
+                masks.append(annotation_mask(moved, oh, ow) if moved else np.zeros((oh, ow), dtype=np.uint8))
+                polygons.append(moved)
+                continue
+            mask = annotation_mask(segm, h, w)
+            if window is not None:
+                mask = np.ascontiguousarray(mask[window[1] : window[3], window[0] : window[2]])
+            mask = resize_mask(mask, out_size)
+            if flip is not None:
+                mask = np.ascontiguousarray(np.flip(mask, axis=1 if flip == "horizontal" else 0))
+            masks.append(mask)
+            polygons.append(None)
+        return masks, polygons
+
+    def _pack_masks(
+        self, masks: list[np.ndarray], polygons: list[Polygons | None], out_size: tuple[int, int]
+    ) -> dict[str, Tensor]:
+        """``masks`` uint8 [N, H', W'] and, with INPUT.MASK_FORMAT "polygon", the packed polygons."""
+        oh, ow = out_size
+        out = {"masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, oh, ow), dtype=torch.uint8)}
+        if self.mask_format == "polygon":
+            out.update(pack_polygons(polygons))
+        return out
+
     def _instance_masks(
         self, anns: list[dict[str, Any]], in_size: tuple[int, int], out_size: tuple[int, int], flip: str | None
     ) -> dict[str, Tensor]:
@@ -180,26 +283,8 @@ class TrainDataset(Dataset):
         [N, H', W'] full-image masks (polygons rasterised at the output size); with INPUT.MASK_FORMAT
         "polygon" also the packed polygons (`polygons.pack_polygons`), which the model rasterises per
         RoI, as Detectron2's PolygonMasks does."""
-        (h, w), (oh, ow) = in_size, out_size
-        scale = (ow / w, oh / h)
-        masks: list[np.ndarray] = []
-        polygons: list[Polygons | None] = []
-        for a in anns:
-            segm = a["segmentation"]
-            if isinstance(segm, list):
-                moved = transform_polygons(as_polygons(segm), scale, flip, out_size)
-                masks.append(annotation_mask(moved, oh, ow))
-                polygons.append(moved)
-                continue
-            mask = resize_mask(annotation_mask(segm, h, w), out_size)
-            if flip is not None:
-                mask = np.ascontiguousarray(np.flip(mask, axis=1 if flip == "horizontal" else 0))
-            masks.append(mask)
-            polygons.append(None)
-        out = {"masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, oh, ow), dtype=torch.uint8)}
-        if self.mask_format == "polygon":
-            out.update(pack_polygons(polygons))
-        return out
+        masks, polygons = self._moved_masks(anns, in_size, out_size, flip)
+        return self._pack_masks(masks, polygons, out_size)
 
     def _crop_size(self, g: torch.Generator, h: int, w: int) -> tuple[int, int]:
         t, cs = self.crop_type, self.crop_size
