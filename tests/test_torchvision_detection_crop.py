@@ -280,6 +280,29 @@ def test_polygon_clipping_is_shapelys(coco: dict[str, Any]) -> None:
     assert splits > 10
 
 
+@pytest.mark.detectron2
+def test_an_rle_mask_the_resize_loses_is_dropped_as_by_detectron2(coco: dict[str, Any]) -> None:
+    """Without a crop too, Detectron2's filter_empty_instances drops an instance whose bitmask is
+    empty after the resize (a one-pixel RLE mask between the samples of a 4x downscale)."""
+    case = dict(rle=True, mask_format="bitmask", mask_on=True, keypoint_on=False, crop=None, min_size=32,
+                max_size=1333, flip="none", flipped=False)
+    record = engine_record(coco, image_ids(coco)[0], rle=True)
+    dot = np.zeros(IMAGE_SIZE, dtype=np.uint8)
+    dot[5, 7] = 1  # PIL's nearest samples rows / columns 2, 6, 10, ... at 1/4 scale
+    encoded = mask_util.encode(np.asfortranarray(dot))
+    rle = {"size": encoded["size"], "counts": encoded["counts"].decode("ascii")}
+    record["annotations"].append({"bbox": [7.0, 5.0, 8.0, 6.0], "category": 0, "iscrowd": 0, "segmentation": rle,
+                                  "keypoints": [0.0] * 3 * len(KEYPOINTS)})
+    with forced(case):
+        image, target = engine_dataset([record], case)[(0, 0)]
+    with forced(case):
+        theirs = detectron2_sample(record, case)["instances"]
+    assert len(theirs) == len(target["boxes"]) == len(record["annotations"]) - 1
+    assert torch.allclose(target["boxes"], theirs.gt_boxes.tensor, atol=1e-4)
+    assert torch.equal(target["labels"], theirs.gt_classes)
+    assert torch.equal(target["masks"].bool(), theirs.gt_masks.tensor)
+
+
 # --------------------------------------------------------------------------------------------
 # Default suite
 

@@ -138,7 +138,7 @@ def test_bitmask_format_packs_no_polygons() -> None:
 
     ds = TrainDataset([], Settings({"INPUT": {"MASK_FORMAT": "bitmask"}}), DatasetMeta(["a"]), task="detection")
     anns = [{"segmentation": [list(SQUARE[0])]}]
-    out = ds._instance_masks(anns, (40, 40), (80, 80), "horizontal")
+    out = ds._pack_masks(*ds._moved_masks(anns, (40, 40), (80, 80), "horizontal"), (80, 80))
     assert set(out) == {"masks"} and out["masks"].shape == (1, 80, 80) and out["masks"].sum() == 40 * 40
     with pytest.raises(ValueError, match="MASK_FORMAT"):
         TrainDataset([], Settings({"INPUT": {"MASK_FORMAT": "rle"}}), DatasetMeta(["a"]), task="detection")

@@ -50,7 +50,7 @@ class TrainDataset(Dataset):
 
     Detection targets: ``boxes`` float [N, 4] XYXY, ``labels`` int64 (+ label_offset), ``masks``
     uint8 [N, H, W] and (INPUT.MASK_FORMAT "polygon") the packed polygons ``polygon_xy`` /
-    ``polygon_sizes`` / ``polygon_owner`` (mask_on; `_instance_masks`), ``keypoints`` float
+    ``polygon_sizes`` / ``polygon_owner`` (mask_on; `_moved_masks`, `_pack_masks`), ``keypoints`` float
     [N, K, 3] (x, y, visibility; keypoint_on).
     Semantic targets: int64 [H, W] train ids (IGNORE_VALUE where unlabeled).
     """
@@ -179,18 +179,23 @@ class TrainDataset(Dataset):
                 sample["keypoints"] = tv_tensors.KeyPoints(kp[:, perm], canvas_size=sample["keypoints"].canvas_size)
                 visibility = visibility[:, perm]
         sample["boxes"] = v2.ClampBoundingBoxes()(sample["boxes"])
-        out_h, out_w = sample["image"].shape[-2:]
+        out_h, out_w = (int(v) for v in sample["image"].shape[-2:])
         bxs = sample["boxes"].as_subclass(Tensor)
         flipped = self.flip if flip is not None else None
         if window is not None and self.mask_on:
-            target = self._cropped_instances(anns, labels, (h, w), (int(out_h), int(out_w)), flipped, window)
+            target = self._cropped_instances(anns, labels, (h, w), (out_h, out_w), flipped, window)
             keep = target.pop("keep")
         else:
             keep = ((bxs[:, 2] - bxs[:, 0]) > 1e-5) & ((bxs[:, 3] - bxs[:, 1]) > 1e-5)
-            target = {"boxes": bxs[keep].float(), "labels": labels[keep]}
+            masks: dict[str, Tensor] = {}
             if self.mask_on:
-                kept = [a for a, k in zip(anns, keep.tolist(), strict=True) if k]
-                target.update(self._instance_masks(kept, (h, w), (int(out_h), int(out_w)), flipped))
+                moved, polygons = self._moved_masks(anns, (h, w), (out_h, out_w), flipped)
+                # filter_empty_instances: an RLE mask the resize lost is an empty instance too
+                keep &= torch.tensor([p is not None or bool(m.any()) for m, p in zip(moved, polygons, strict=True)],
+                                     dtype=torch.bool)
+                kept = [i for i in range(len(anns)) if keep[i]]
+                masks = self._pack_masks([moved[i] for i in kept], [polygons[i] for i in kept], (out_h, out_w))
+            target = {"boxes": bxs[keep].float(), "labels": labels[keep], **masks}
         if self.keypoint_on and visibility is not None:
             xy = sample["keypoints"].as_subclass(Tensor)
             inside = (xy[..., 0] >= 0) & (xy[..., 1] >= 0) & (xy[..., 0] <= out_w) & (xy[..., 1] <= out_h)
@@ -268,23 +273,14 @@ class TrainDataset(Dataset):
     def _pack_masks(
         self, masks: list[np.ndarray], polygons: list[Polygons | None], out_size: tuple[int, int]
     ) -> dict[str, Tensor]:
-        """``masks`` uint8 [N, H', W'] and, with INPUT.MASK_FORMAT "polygon", the packed polygons."""
+        """``masks``: uint8 [N, H', W'] full-image masks (polygons rasterised at the output size);
+        with INPUT.MASK_FORMAT "polygon" also the packed polygons (`polygons.pack_polygons`), which
+        the model rasterises per RoI, as Detectron2's PolygonMasks does."""
         oh, ow = out_size
         out = {"masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, oh, ow), dtype=torch.uint8)}
         if self.mask_format == "polygon":
             out.update(pack_polygons(polygons))
         return out
-
-    def _instance_masks(
-        self, anns: list[dict[str, Any]], in_size: tuple[int, int], out_size: tuple[int, int], flip: str | None
-    ) -> dict[str, Tensor]:
-        """The masks of the kept instances after the resize to `out_size` and the flip, as Detectron2
-        transforms them: polygons are moved, RLE masks decoded and resized (nearest). ``masks``: uint8
-        [N, H', W'] full-image masks (polygons rasterised at the output size); with INPUT.MASK_FORMAT
-        "polygon" also the packed polygons (`polygons.pack_polygons`), which the model rasterises per
-        RoI, as Detectron2's PolygonMasks does."""
-        masks, polygons = self._moved_masks(anns, in_size, out_size, flip)
-        return self._pack_masks(masks, polygons, out_size)
 
     def _crop_size(self, g: torch.Generator, h: int, w: int) -> tuple[int, int]:
         t, cs = self.crop_type, self.crop_size
