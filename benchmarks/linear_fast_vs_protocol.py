@@ -10,7 +10,9 @@ top-1 mean +- std over the seeds, the speed-up and the top-1 gap to the protocol
     python benchmarks/linear_fast_vs_protocol.py [--train 2000] [--val 1000] [--size 64]
         [--seeds 0 1 2] [--heads sgd lbfgs] [--fast-views mix cycle] [--checkpoint CK] [--workdir DIR]
 
-Speed and agreement are reported here, never asserted in tests: they depend on the machine.
+Speed and agreement are reported here, never asserted in tests: they depend on the machine. With
+--workdir, a run finished earlier (its record in runs/<mode>-seed<seed>/) is read back, with the
+wall-clock it recorded, so an interrupted benchmark resumes and a new mode joins finished ones.
 """
 
 from __future__ import annotations
@@ -129,9 +131,14 @@ def main() -> None:
             for name, mode, extra in variants:
                 cfg = preset_config(mode, image_size=args.size, workers=0, seed=seed, **extra)
                 out = root / "runs" / f"{name.replace(' ', '_')}-seed{seed}"
-                t0 = time.perf_counter()
-                record = read_record(run_linear(ck, probe / "imagenet", out, cfg, show_progress=False))
-                seconds[name].append(time.perf_counter() - t0)
+                done = sorted(out.glob("*.record.json"))
+                if done:  # finished by an earlier (or interrupted) run of the benchmark in --workdir
+                    record = read_record(done[-1])
+                    seconds[name].append(float(record.provenance["wall_clock_s"]))
+                else:
+                    t0 = time.perf_counter()
+                    record = read_record(run_linear(ck, probe / "imagenet", out, cfg, show_progress=False))
+                    seconds[name].append(time.perf_counter() - t0)
                 top1[name].append(record.metrics["top1"])
                 fit = record.config.get("head_fit", {}).get("res5", {})
                 fits[name].append(f"wd {fit['weight_decay']:g}" if "weight_decay" in fit
