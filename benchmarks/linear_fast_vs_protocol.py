@@ -8,7 +8,7 @@ batch 256) and `fast` with each requested head at the same schedule, and prints 
 top-1 mean +- std over the seeds, the speed-up and the top-1 gap to the protocol.
 
     python benchmarks/linear_fast_vs_protocol.py [--train 2000] [--val 1000] [--size 64]
-        [--seeds 0 1 2] [--heads sgd lbfgs] [--fast-views mix cycle] [--checkpoint CK] [--workdir DIR]
+        [--seeds 0 1 2] [--heads sgd lbfgs] [--checkpoint CK] [--workdir DIR]
 
 Speed and agreement are reported here, never asserted in tests: they depend on the machine. With
 --workdir, a run finished earlier (its record in runs/<mode>-seed<seed>/) is read back, with the
@@ -87,8 +87,6 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--heads", nargs="+", default=["sgd", "lbfgs"], choices=["sgd", "lbfgs"])
     parser.add_argument("--aug-copies", type=int, default=None, help="fast mode's cached views (default: its own).")
-    parser.add_argument("--fast-views", nargs="+", default=["mix"], choices=["mix", "cycle"],
-                        help="the sgd head's use of the cached views, each a row (default: mix, fast's default).")
     parser.add_argument("--pretrain-images", type=int, default=1000)
     parser.add_argument("--pretrain-epochs", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's).")
@@ -120,9 +118,7 @@ def main() -> None:
               f"seeds {args.seeds}; cpu x{torch.get_num_threads()} threads; "
               f"load average at start {os.getloadavg()[0]:.2f}")
         variants = [("protocol", "protocol", {})] + [
-            (f"fast {head}" + (f" {views}" if head == "sgd" else ""), "fast",
-             {"fast_head": head, "aug_copies": args.aug_copies, "fast_views": views})
-            for head in args.heads for views in (args.fast_views if head == "sgd" else ["mix"])]
+            (f"fast {head}", "fast", {"fast_head": head, "aug_copies": args.aug_copies}) for head in args.heads]
         seconds: dict[str, list[float]] = {name: [] for name, _, _ in variants}
         top1: dict[str, list[float]] = {name: [] for name, _, _ in variants}
         fits: dict[str, list[str]] = {name: [] for name, _, _ in variants}
@@ -143,11 +139,11 @@ def main() -> None:
                 fit = record.config.get("head_fit", {}).get("res5", {})
                 fits[name].append(f"wd {fit['weight_decay']:g}" if "weight_decay" in fit
                                   else f"views {fit['train_views']}" if fit else "")
-                print(f"  seed {seed}  {name:14s} {seconds[name][-1]:8.1f} s  top1 {top1[name][-1]:6.2f}  "
+                print(f"  seed {seed}  {name:11s} {seconds[name][-1]:8.1f} s  top1 {top1[name][-1]:6.2f}  "
                       f"{fits[name][-1]}  (load {os.getloadavg()[0]:.2f})", flush=True)
         base_s, _ = mean_std(seconds["protocol"])
         base_top1, _ = mean_std(top1["protocol"])
-        print(f"\n{'mode':14s} {'wall-clock':>16s} {'top-1':>15s} {'speed-up':>9s} {'top-1 gap':>10s}  per seed")
+        print(f"\n{'mode':11s} {'wall-clock':>16s} {'top-1':>15s} {'speed-up':>9s} {'top-1 gap':>10s}  per seed")
         for name, _, _ in variants:
             s_mean, s_std = mean_std(seconds[name])
             a_mean, a_std = mean_std(top1[name])
@@ -155,7 +151,7 @@ def main() -> None:
             verdict = "" if name == "protocol" else (
                 f"  [{'ok' if speedup >= SPEEDUP_TARGET else 'MISS'} >= {SPEEDUP_TARGET:g}x, "
                 f"{'ok' if abs(gap) <= GAP_TARGET else 'MISS'} |gap| <= {GAP_TARGET:g}]")
-            print(f"{name:14s} {s_mean:8.1f} +- {s_std:5.1f} s {a_mean:6.2f} +- {a_std:4.2f} {speedup:8.1f}x "
+            print(f"{name:11s} {s_mean:8.1f} +- {s_std:5.1f} s {a_mean:6.2f} +- {a_std:4.2f} {speedup:8.1f}x "
                   f"{gap:+9.2f}   {', '.join(f'{v:.2f}' for v in top1[name])}{verdict}")
         print(f"load average at end {os.getloadavg()[0]:.2f}")
 

@@ -18,7 +18,6 @@ from detco_bench.linear import (
     fit_lbfgs_head,
     holdout_mask,
     knn_classify,
-    mixed_views,
     preset_config,
     run_linear,
     train_sgd_head,
@@ -221,7 +220,7 @@ def test_fast_trains_on_augmented_views_only_and_records_how(easy_data: Path, ra
                                                               tmp_path: Path) -> None:
     record = read_record(run_linear(random_resnet18, easy_data, tmp_path / "f", _cfg("fast"), show_progress=False))
     assert record.config["aug_copies"] == linear.DEFAULT_AUG_COPIES == 3
-    assert record.config["head_fit"] == {"res5": {"head": "sgd", "views": "mix", "train_views": [1, 2, 3]}}
+    assert record.config["head_fit"] == {"res5": {"head": "sgd", "views_per_epoch": 1, "train_views": [1, 2, 3]}}
     cached = sorted(p.name for p in (tmp_path / "f" / "cache").iterdir())
     assert cached == ["train-1", "train-2", "train-3", "val-0"], "like the protocol: no centre crops to train on"
     assert record.metrics["top1"] >= 90.0, record.metrics
@@ -232,43 +231,13 @@ def test_sgd_head_runs_over_one_view_per_epoch() -> None:
     y = torch.arange(40) % 2
     good = torch.randn(40, 8, generator=gen) + 3.0 * y[:, None]
     poisoned = torch.full_like(good, float("nan"))
-    cfg = preset_config("fast", epochs=1, batch_size=8, lr=0.1, fast_views="cycle")
+    cfg = preset_config("fast", epochs=1, batch_size=8, lr=0.1)
     head, fit = train_sgd_head([good, poisoned], y, 2, cfg, torch.device("cpu"))
     assert torch.isfinite(head.weight).all(), "epoch 0 saw view 0 only"
-    head, _ = train_sgd_head([good, poisoned], y, 2,
-                             preset_config("fast", epochs=2, batch_size=8, lr=0.1, fast_views="cycle"),
+    head, _ = train_sgd_head([good, poisoned], y, 2, preset_config("fast", epochs=2, batch_size=8, lr=0.1),
                              torch.device("cpu"))
     assert torch.isnan(head.weight).any(), "epoch 1 ran over view 1"
-    assert fit == {"head": "sgd", "views": "cycle"}
-
-
-def test_sgd_head_mixes_every_view_at_every_step() -> None:
-    """`mix` (the default): the first step already sees every view; each row is a convex
-    combination of its views (weights summing to 1, new at every draw, reproducible); one view
-    trains exactly as `cycle` does."""
-    gen = torch.Generator().manual_seed(0)
-    y = torch.arange(40) % 2
-    views = [torch.randn(40, 8, generator=gen) + 3.0 * y[:, None] for _ in range(3)]
-    poisoned = torch.full_like(views[0], float("nan"))
-    head, fit = train_sgd_head([views[0], poisoned], y, 2, preset_config("fast", epochs=1, batch_size=40, lr=0.1),
-                               torch.device("cpu"))
-    assert fit == {"head": "sgd", "views": "mix"} and torch.isnan(head.weight).all(), "one step saw view 1"
-
-    idx = torch.arange(40)
-    first = mixed_views(views, idx, torch.Generator().manual_seed(1))
-    again = mixed_views(views, idx, torch.Generator().manual_seed(1))
-    assert torch.equal(first, again)
-    stacked = torch.stack(views)
-    assert (first >= stacked.min(0).values - 1e-5).all() and (first <= stacked.max(0).values + 1e-5).all()
-    ones = mixed_views([torch.ones(40, 8)] * 3, idx, torch.Generator().manual_seed(2))
-    assert torch.allclose(ones, torch.ones(40, 8), atol=1e-6), "weights sum to 1"
-    g = torch.Generator().manual_seed(3)
-    assert not torch.allclose(mixed_views(views, idx, g), mixed_views(views, idx, g)), "new weights per draw"
-
-    cfg = dict(epochs=3, batch_size=8, lr=0.1)
-    mixed, _ = train_sgd_head(views[:1], y, 2, preset_config("fast", **cfg), torch.device("cpu"))
-    cycled, _ = train_sgd_head(views[:1], y, 2, preset_config("fast", fast_views="cycle", **cfg), torch.device("cpu"))
-    assert torch.equal(mixed.weight, cycled.weight) and torch.equal(mixed.bias, cycled.bias)
+    assert fit == {"head": "sgd", "views_per_epoch": 1}
 
 
 def _blobs(n: int, noise_seed: int, noise: float = 2.5) -> tuple[torch.Tensor, torch.Tensor]:

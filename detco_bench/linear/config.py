@@ -11,7 +11,6 @@ from pretrain.config import machine_workers
 
 MODES = ("protocol", "fast", "knn", "stages")
 FAST_HEADS = ("sgd", "lbfgs")
-FAST_VIEWS = ("mix", "cycle")
 DEFAULT_AUG_COPIES = 3
 """Augmented views per training image that `fast` / `stages` cache unless told otherwise.
 
@@ -37,9 +36,6 @@ class LinearConfig:
     # (DEFAULT_AUG_COPIES for fast and stages, none otherwise).
     aug_copies: int = -1
     fast_head: str = "sgd"  # fast / stages: "sgd" (the protocol's head and schedule) or "lbfgs"
-    # the sgd head on several cached views: "mix", each image a new random convex combination of
-    # its views at every step; "cycle", epoch e on view e mod V (`linear.fast.train_sgd_head`)
-    fast_views: str = "mix"
     lbfgs_weight_decays: tuple[float, ...] = LBFGS_WEIGHT_DECAYS  # the L2 sweep of the lbfgs head
     holdout_fraction: float = 0.2  # lbfgs: training images held out to choose the weight decay
     lbfgs_max_iter: int = 500
@@ -56,8 +52,6 @@ class LinearConfig:
             raise UserError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.fast_head not in FAST_HEADS:
             raise UserError(f"unknown --fast-head {self.fast_head!r}; choose one of {', '.join(FAST_HEADS)}")
-        if self.fast_views not in FAST_VIEWS:
-            raise UserError(f"unknown --fast-views {self.fast_views!r}; choose one of {', '.join(FAST_VIEWS)}")
         if self.cache_dtype not in ("float32", "float16"):
             raise UserError(f"--cache-dtype must be float32 or float16, got {self.cache_dtype!r}")
         for name in ("epochs", "batch_size", "image_size", "knn_k", "lbfgs_max_iter"):
@@ -105,8 +99,7 @@ PROTOCOL = LinearConfig()
 PROTOCOL_DATASET, PROTOCOL_CLASSES = "imagenet", 1000
 PROTOCOL_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "image_size")
 APPROXIMATIONS = {
-    "fast": "a head trained on cached features of a few augmented views (mixed or cycled through: fast_views), "
-            "not on fresh augmentations each epoch",
+    "fast": "a head trained on cached features of a few augmented views, not on fresh augmentations each epoch",
     "knn": "a weighted kNN classifier on centre-crop features, not a trained linear head",
     "stages": "heads on cached features of every stage, not a res5 linear head on fresh augmentations",
 }

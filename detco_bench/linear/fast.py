@@ -1,13 +1,8 @@
 """Linear heads fitted on cached features (the `fast` and `stages` modes).
 
-* `train_sgd_head`: the protocol's head, optimiser and schedule on V cached augmented views of
-  each training image, at V / 100 of the protocol's backbone cost. The protocol's head sees every
-  image in a fresh augmentation at every epoch; cycling through V views instead (``cycle``: epoch
-  e on view e mod V) lets it fit those few points per image, and it landed 0.8-1.5 top-1 below
-  the protocol (benchmarks/linear_fast_vs_protocol.py, docs/linear.md). ``mix`` (the default)
-  shows each image at each step as a new random convex combination of its V views, weights drawn
-  from Dirichlet(1, ..., 1): AugMix's mixing of augmentations, in feature space. With one view
-  both are that view.
+* `train_sgd_head`: the protocol's head, optimiser and schedule; epoch e runs over one cached view
+  of every training image (view e mod V), as the protocol runs over one fresh augmentation of
+  each. With V augmented views this approximates the protocol at V / 100 of its backbone cost.
 * `fit_lbfgs_head`: multinomial logistic regression solved by L-BFGS on standardised features,
   its L2 weight decay chosen on a held-out split of the training images (the CLIP /
   ssl-transfer linear evaluations' recipe), then refitted on all of them.
@@ -50,27 +45,13 @@ def _cpu_threads_for(macs: int, device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def mixed_views(views: Sequence[torch.Tensor], idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Rows `idx` as random convex combinations of their cached views: sum_v w_v * views[v][idx],
-    (B, C) float32, with w ~ Dirichlet(1, ..., 1) per row (normalised Exp(1) draws from `g`)."""
-    weights = -torch.log1p(-torch.rand(len(idx), len(views), generator=g, dtype=torch.float64))
-    weights = (weights / weights.sum(1, keepdim=True)).float()
-    mixed = weights[:, 0:1] * views[0][idx].float()
-    for v in range(1, len(views)):
-        mixed += weights[:, v:v + 1] * views[v][idx].float()
-    return mixed
-
-
 def train_sgd_head(views: Sequence[torch.Tensor], y: torch.Tensor, classes: int, cfg: LinearConfig,
                    device: torch.device) -> tuple[nn.Linear, dict[str, Any]]:
-    """The protocol's head and schedule on cached views, each (N, C) with labels y (N,); several
-    views are mixed or cycled through as ``cfg.fast_views`` says (see the module docstring)."""
+    """The protocol's head and schedule on cached views, each (N, C) with labels y (N,)."""
     g = torch.Generator().manual_seed(cfg.seed)
-    mixing = torch.Generator().manual_seed(cfg.seed + 1)  # apart from `g`: the batch order stays the cycle's
     torch.manual_seed(cfg.seed)
     head = linear_head(views[0].shape[1], classes).to(device)
     optimizer = sgd_optimizer(head, cfg)
-    mix = cfg.fast_views == "mix" and len(views) > 1
     with _cpu_threads_for(min(cfg.batch_size, len(y)) * views[0].shape[1] * classes, device):
         for epoch in range(cfg.epochs):
             x = views[epoch % len(views)]
@@ -79,12 +60,11 @@ def train_sgd_head(views: Sequence[torch.Tensor], y: torch.Tensor, classes: int,
             order = torch.randperm(len(x), generator=g)
             for i in range(0, len(x), cfg.batch_size):
                 idx = order[i:i + cfg.batch_size]
-                batch = mixed_views(views, idx, mixing) if mix else x[idx].float()
-                loss = F.cross_entropy(head(batch.to(device)), y[idx].to(device))
+                loss = F.cross_entropy(head(x[idx].to(device).float()), y[idx].to(device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-    return head, {"head": "sgd", "views": "mix" if mix else "cycle"}
+    return head, {"head": "sgd", "views_per_epoch": 1}
 
 
 def holdout_mask(y: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
