@@ -3,10 +3,11 @@
 An engine is an object with ``name``, ``available() -> str | None`` (None when usable, else why
 not, one line), ``config_problems(config, family) -> list[str]`` (what it refuses in an effective
 config, one line each, found at plan time) and ``run(plan) -> Path`` (train + evaluate one
-`TransferPlan`, write the result record, return its path). One folder per engine: `detco_bench.engines.detectron2` and
-`detco_bench.engines.torchvision`, each with an ``engine`` module whose ``run(plan)`` the registry
-calls. Engines are imported lazily: importing this package never imports torch, detectron2 or an
-engine module. See docs/transfer.md for the contract an engine implements.
+`TransferPlan`, write the result record, return its path). One folder per engine:
+`detco_bench.engines.detectron2` and `detco_bench.engines.torchvision`, each with an ``engine``
+module whose ``run(plan)`` the registry calls. Engines are imported lazily: importing this package
+never imports torch, detectron2 or an engine module. See docs/transfer.md for the contract an
+engine implements.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What the torchvision engine refuses in an effective config, found at plan time.
 
-The engine refuses settings it cannot reproduce (INPUT.CROP for detection, SOLVER.CLIP_GRADIENTS,
+The engine refuses settings it cannot reproduce (SOLVER.CLIP_GRADIENTS, an unknown INPUT.CROP.TYPE,
 a RetinaNet head other than 4 convs, ...) where it builds the part that reads them. `config_problems`
 builds those parts with nothing loaded or written, each refusal becoming one line: the training
 augmentation (no records), the model on the meta device (no memory, no weights), its optimizer and
@@ -31,24 +31,24 @@ def config_problems(config: dict[str, Any], family: str) -> list[str]:
     """One line per part of the engine that refuses `config` for a run of task family `family`."""
     s = Settings(config)
     keypoints = keypoint_on(family, s)
-    problems = []
-    try:
+
+    def augmentation() -> None:
         TrainDataset([], s, DatasetMeta(classes=[]), task="sem_seg" if family == "cityscapes_sem" else "detection",
                      mask_on=mask_on(family, s), keypoint_on=keypoints)
-    except ValueError as exc:
-        problems.append(str(exc))
-    try:
+
+    def model_and_optimizer() -> None:
         with torch.device("meta"):
             model = build_model(family, s, arch_of_depth(s.int("MODEL.RESNETS.DEPTH")), None,
                                 num_classes=s.int(class_count_key(family)),
                                 num_keypoints=s.int("MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS") if keypoints else None)
         build_optimizer(model, s)
-    except ValueError as exc:
-        problems.append(str(exc))
-    try:
-        lr_factor(0, s)
-    except ValueError as exc:
-        problems.append(str(exc))
+
+    problems = []
+    for build in (augmentation, model_and_optimizer, lambda: lr_factor(0, s)):
+        try:
+            build()
+        except ValueError as exc:
+            problems.append(str(exc))
     # Settings whose model the engine would not build, though nothing above reads them.
     problems += [f"the torchvision engine does not build {what}" for what in unbuilt_settings(family, s)]
     return [p if "torchvision" in p else f"the torchvision engine: {p}" for p in problems]
