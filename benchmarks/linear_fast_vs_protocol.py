@@ -11,18 +11,22 @@ top-1 mean +- std over the seeds, the speed-up and the top-1 gap to the protocol
         [--seeds 0 1 2] [--heads sgd lbfgs] [--checkpoint CK] [--workdir DIR]
 
 Speed and agreement are reported here, never asserted in tests: they depend on the machine. With
---workdir, a run finished earlier (its record in runs/<mode>-seed<seed>/) is read back, with the
-wall-clock it recorded, so an interrupted benchmark resumes and a new mode joins finished ones.
+--workdir, a run finished earlier (its record in runs/<mode>[-k<views>]-seed<seed>/) is read back, with
+the wall-clock it recorded, so an interrupted benchmark resumes and a new mode joins finished ones;
+a workdir made for other data or a run made with other settings is refused, not mixed in.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import statistics
+import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -32,7 +36,7 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
-from detco_bench.linear import preset_config, run_linear
+from detco_bench.linear import LinearConfig, preset_config, run_linear
 from detco_bench.records import read_record
 from detco_bench.synthetic import write_synthetic_dataset
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
@@ -73,6 +77,33 @@ def pretrain_backbone(data: Path, size: int, epochs: int, out: Path) -> tuple[Pa
     return out, time.perf_counter() - t0, 100.0 * correct / max(seen, 1)
 
 
+def run_folder(root: Path, name: str, cfg: LinearConfig) -> Path:
+    """runs/<mode>-seed<s>/ for the protocol, runs/<mode>-k<views>-seed<s>/ for a cached mode: a run
+    with another number of cached views is another run."""
+    views = f"-k{cfg.aug_copies}" if cfg.mode != "protocol" else ""
+    return root / "runs" / f"{name.replace(' ', '_')}{views}-seed{cfg.seed}"
+
+
+def settings_mismatch(recorded: dict, cfg: LinearConfig) -> list[str]:
+    """The settings of `cfg` (all but the loader workers) that a finished run's record.config differs in."""
+    wanted = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k != "workers"}
+    return [f"{k}: {recorded.get(k)!r} != {v!r}" for k, v in wanted.items() if recorded.get(k) != v]
+
+
+def refuse(message: str) -> None:
+    """One error line and exit code 2, as the CLI does for bad input."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def check_workdir_data(probe: Path, wanted: dict[str, int]) -> None:
+    """Refuse a workdir whose probe data was generated with other --train / --val / --size."""
+    stamp = probe / "benchmark.json"
+    if stamp.is_file() and (made := json.loads(stamp.read_text())) != wanted:
+        refuse(f"{probe} holds data made with {made}, not {wanted}: use another --workdir")
+    stamp.write_text(json.dumps(wanted))
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -100,8 +131,12 @@ def main() -> None:
         size = (args.size, args.size)
         probe = root / "probe"
         if not (probe / "imagenet").is_dir():
+            probe.mkdir(parents=True, exist_ok=True)
+            check_workdir_data(probe, {"train": args.train, "val": args.val, "size": args.size})
             write_synthetic_dataset(probe, "imagefolder", num_train=args.train, num_val=args.val, seed=PROBE_SEED,
                                     image_size=size)
+        else:
+            check_workdir_data(probe, {"train": args.train, "val": args.val, "size": args.size})
         ck = args.checkpoint
         if ck is None:
             ck = root / "resnet18_supervised.pth"
@@ -126,10 +161,13 @@ def main() -> None:
             # Modes interleaved per seed, so a change in machine load hits them alike.
             for name, mode, extra in variants:
                 cfg = preset_config(mode, image_size=args.size, workers=0, seed=seed, **extra)
-                out = root / "runs" / f"{name.replace(' ', '_')}-seed{seed}"
+                out = run_folder(root, name, cfg)
                 done = sorted(out.glob("*.record.json"))
                 if done:  # finished by an earlier (or interrupted) run of the benchmark in --workdir
                     record = read_record(done[-1])
+                    same_checkpoint = Path(record.config.get("checkpoint", "")).resolve() == ck.resolve()
+                    if differ := settings_mismatch(record.config, cfg) + ([] if same_checkpoint else ["checkpoint"]):
+                        refuse(f"{out} was run with other settings ({'; '.join(differ)}): use another --workdir")
                     seconds[name].append(float(record.provenance["wall_clock_s"]))
                 else:
                     t0 = time.perf_counter()
