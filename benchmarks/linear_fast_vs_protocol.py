@@ -28,6 +28,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -90,7 +91,7 @@ def settings_mismatch(recorded: dict, cfg: LinearConfig) -> list[str]:
     return [f"{k}: {recorded.get(k)!r} != {v!r}" for k, v in wanted.items() if recorded.get(k) != v]
 
 
-def refuse(message: str) -> None:
+def refuse(message: str) -> NoReturn:
     """One error line and exit code 2, as the CLI does for bad input."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
@@ -130,13 +131,11 @@ def main() -> None:
         root.mkdir(parents=True, exist_ok=True)
         size = (args.size, args.size)
         probe = root / "probe"
+        probe.mkdir(parents=True, exist_ok=True)
+        check_workdir_data(probe, {"train": args.train, "val": args.val, "size": args.size})
         if not (probe / "imagenet").is_dir():
-            probe.mkdir(parents=True, exist_ok=True)
-            check_workdir_data(probe, {"train": args.train, "val": args.val, "size": args.size})
             write_synthetic_dataset(probe, "imagefolder", num_train=args.train, num_val=args.val, seed=PROBE_SEED,
                                     image_size=size)
-        else:
-            check_workdir_data(probe, {"train": args.train, "val": args.val, "size": args.size})
         ck = args.checkpoint
         if ck is None:
             ck = root / "resnet18_supervised.pth"
