@@ -1,16 +1,16 @@
 """Both engines on the same jobs: the metrics each reports and its CPU seconds per iteration.
 
-    python benchmarks/engine_agreement.py [--families fpn c4 ...] [--seeds 3] [--iters 100]
-                                          [--out runs/engine-agreement] [--threads 2]
+    python benchmarks/engine_agreement.py [--families fpn c4 ...] [--seeds 3] [--first-seed 0]
+                                          [--iters 100] [--out runs/engine-agreement] [--threads 2]
 
 For every task family, the same synthetic data, the same random-init ResNet checkpoint and the same
 effective config (the task's YAML chain with one set of --opts: a short schedule at 128-256 px,
 lighter RoI sampling and narrower heads) run through Detectron2 and through the built-in torchvision
-engine, seeds 0..N-1 each, on the same path as ``detco-bench transfer`` (`plan_transfer` -> `run_transfer`). It
-prints, per family and metric, each engine's mean +- std over the seeds, the gap (torchvision -
-Detectron2) and whether it is within max(seed std, 1 AP point); and each engine's median seconds per
-training iteration (from its own log: ``metrics.jsonl`` / detectron2's ``metrics.json``, first
-logged iteration left out).
+engine, seeds K..K+N-1 each (K = --first-seed, 0 by default), on the same path as ``detco-bench
+transfer`` (`plan_transfer` -> `run_transfer`). It prints, per family and metric, each engine's mean
++- std over the seeds, the gap (torchvision - Detectron2) and whether it is within max(seed std, 1 AP
+point); and each engine's median seconds per training iteration (from its own log: ``metrics.jsonl``
+/ detectron2's ``metrics.json``, first logged iteration left out).
 
 Without detectron2 importable the Detectron2 column is "-" and only the built-in engine runs.
 Finished jobs are reused on a rerun (each job has its own output folder), so an interrupted
@@ -115,7 +115,9 @@ def fmt(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="how many seeds per engine")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the first seed (runs can be split over processes; finished jobs are read back)")
     parser.add_argument("--iters", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/engine-agreement"))
@@ -144,7 +146,7 @@ def main() -> None:
     metrics: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     speed: dict[tuple[str, str], list[float]] = defaultdict(list)
     for family in args.families:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             for engine in engines:  # engines alternate, so both see the same machine load
                 values, sec = run_one(family, engine, seed, args, data, checkpoints)
                 for name in METRICS[family]:
