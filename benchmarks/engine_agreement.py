@@ -10,7 +10,10 @@ engine, seeds K..K+N-1 each (K = --first-seed, 0 by default), on the same path a
 transfer`` (`plan_transfer` -> `run_transfer`). It prints, per family and metric, each engine's mean
 +- std over the seeds, the gap (torchvision - Detectron2) and whether it is within max(seed std, 1 AP
 point); and each engine's median seconds per training iteration (from its own log: ``metrics.jsonl``
-/ detectron2's ``metrics.json``, first logged iteration left out).
+/ detectron2's ``metrics.json``, first logged iteration left out). Both engines draw the same
+data order from a seed (their flips and other augmentation draws differ), so runs of one seed start
+on the same trajectory: it also prints up to which logged iteration each seed's two runs stayed in
+lockstep (total losses within 5 %), which says how soon training's chaos separates them.
 
 Without detectron2 importable the Detectron2 column is "-" and only the built-in engine runs.
 Finished jobs are reused on a rerun (each job has its own output folder), so an interrupted
@@ -53,6 +56,7 @@ METRICS: dict[str, tuple[str, ...]] = {
 }
 ENGINES = ("torchvision", "detectron2")
 GAP_FLOOR = 1.0  # one AP / mIoU point
+LOCKSTEP_TOLERANCE = 0.05  # relative difference of the logged total losses (20-iteration medians)
 
 
 def schedule_opts(iters: int, family: str) -> list[str]:
@@ -81,19 +85,41 @@ def schedule_opts(iters: int, family: str) -> list[str]:
     return opts
 
 
-def seconds_per_iter(out: Path, engine: str) -> float:
-    """Median training seconds per iteration from the engine's own log (first entry left out)."""
-    name = "metrics.jsonl" if engine == "torchvision" else "metrics.json"
+def training_log(out: Path, engine: str) -> dict[int, dict[str, float]]:
+    """The engine's own training log, by completed iterations: ``metrics.jsonl`` ("step") or
+    detectron2's ``metrics.json`` ("iteration", 0-based). Each loss there is the median over the
+    last 20 iterations in both engines. Empty when the job left none."""
+    name, key, offset = ("metrics.jsonl", "step", 0) if engine == "torchvision" else ("metrics.json", "iteration", 1)
     path = out / name
     if not path.is_file():
-        return math.nan
-    times = [json.loads(line).get("time") for line in path.read_text().splitlines() if line.strip()]
-    times = [t for t in times if isinstance(t, (int, float))][1:]
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {int(r[key]) + offset: r for r in rows if "total_loss" in r and key in r}
+
+
+def seconds_per_iter(log: dict[int, dict[str, float]]) -> float:
+    """Median training seconds per iteration of one job's log (first entry left out)."""
+    times = [r["time"] for _, r in sorted(log.items()) if isinstance(r.get("time"), (int, float))][1:]
     return statistics.median(times) if times else math.nan
 
 
+def lockstep(ours: dict[int, dict[str, float]], theirs: dict[int, dict[str, float]]) -> int:
+    """The last logged iteration up to which the two engines' logged total losses (same seed, hence
+    the same data order; each engine its own flips) agree within LOCKSTEP_TOLERANCE: how long two
+    runs follow one trajectory before their different draws and float rounding, amplified by
+    training, separate them."""
+    last = 0
+    for step in sorted(set(ours) & set(theirs)):
+        a, b = ours[step]["total_loss"], theirs[step]["total_loss"]
+        if abs(a - b) > LOCKSTEP_TOLERANCE * abs(b):
+            break
+        last = step
+    return last
+
+
 def run_one(family: str, engine: str, seed: int, args: argparse.Namespace, data: Path,
-            checkpoints: dict[str, Path]) -> tuple[dict[str, float], float]:
+            checkpoints: dict[str, Path]) -> tuple[dict[str, float], dict[int, dict[str, float]]]:
+    """Train and evaluate one job (or read back a finished one): its metrics and its training log."""
     task, arch = FAMILIES[family]
     out = args.out / "jobs" / f"{family}-{engine}-s{seed}"
     plan = plan_transfer(task, checkpoints[arch], out, engine=engine, device="cpu", seed=seed, data_root_dir=data,
@@ -103,7 +129,7 @@ def run_one(family: str, engine: str, seed: int, args: argparse.Namespace, data:
         raise UserError(f"{family} ({engine}): " + "; ".join(plan.problems))
     outcome = run_transfer(plan, log=lambda m: None)
     record = read_record(outcome.record)
-    return dict(record.metrics), seconds_per_iter(out, engine)
+    return dict(record.metrics), training_log(out, engine)
 
 
 def fmt(values: list[float]) -> str:
@@ -145,10 +171,13 @@ def main() -> None:
     t0 = time.time()
     metrics: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     speed: dict[tuple[str, str], list[float]] = defaultdict(list)
+    in_lockstep: dict[str, list[int]] = defaultdict(list)
     for family in args.families:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
+            logs = {}
             for engine in engines:  # engines alternate, so both see the same machine load
-                values, sec = run_one(family, engine, seed, args, data, checkpoints)
+                values, logs[engine] = run_one(family, engine, seed, args, data, checkpoints)
+                sec = seconds_per_iter(logs[engine])
                 for name in METRICS[family]:
                     if math.isfinite(values.get(name, math.nan)):
                         metrics[(family, name, engine)].append(values[name])
@@ -156,6 +185,8 @@ def main() -> None:
                 print(f"[{time.time() - t0:6.0f} s] {family} {engine} seed {seed}: "
                       + ", ".join(f"{k} {values.get(k, math.nan):.2f}" for k in METRICS[family])
                       + f"; {sec:.3f} s/iter", flush=True)
+            if len(logs) == 2:
+                in_lockstep[family].append(lockstep(logs["torchvision"], logs["detectron2"]))
 
     print(f"\nengine agreement: {args.seeds} seeds, {args.iters} iterations, CPU, {args.threads} threads, "
           f"{time.time() - t0:.0f} s in all")
@@ -174,6 +205,10 @@ def main() -> None:
         tv = statistics.median(speed[(family, "torchvision")]) if speed[(family, "torchvision")] else math.nan
         d2 = statistics.median(speed[(family, "detectron2")]) if speed[(family, "detectron2")] else math.nan
         print(f"{family:16s} {tv:19.3f} {d2:18.3f} {tv / d2 if d2 == d2 and d2 else math.nan:12.2f}")
+    if in_lockstep:
+        print(f"\nIn lockstep (the same seed's logged total losses within {LOCKSTEP_TOLERANCE:.0%}) up to iteration:")
+        for family, steps in in_lockstep.items():
+            print(f"{family:16s} median {statistics.median(steps):6.0f}   per seed {' '.join(map(str, steps))}")
 
 
 if __name__ == "__main__":
