@@ -174,7 +174,7 @@ def main() -> None:
     in_lockstep: dict[str, list[int]] = defaultdict(list)
     for family in args.families:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            logs = {}
+            logs: dict[str, dict[int, dict[str, float]]] = {}
             for engine in engines:  # engines alternate, so both see the same machine load
                 values, logs[engine] = run_one(family, engine, seed, args, data, checkpoints)
                 sec = seconds_per_iter(logs[engine])
