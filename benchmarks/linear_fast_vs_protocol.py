@@ -8,10 +8,11 @@ batch 256) and `fast` with each requested head at the same schedule, and prints 
 top-1 mean +- std over the seeds, the speed-up and the top-1 gap to the protocol.
 
     python benchmarks/linear_fast_vs_protocol.py [--train 2000] [--val 1000] [--size 64]
-        [--seeds 0 1 2] [--heads sgd lbfgs] [--checkpoint CK] [--workdir DIR]
+        [--seeds 0 1 2] [--heads sgd lbfgs] [--aug-copies K] [--view-sampling cycle|gaussian]
+        [--checkpoint CK] [--workdir DIR]
 
 Speed and agreement are reported here, never asserted in tests: they depend on the machine. With
---workdir, a run finished earlier (its record in runs/<mode>[-k<views>]-seed<seed>/) is read back, with
+--workdir, a run finished earlier (its record in runs/<mode>[-k<views>][-gaussian]-seed<seed>/) is read back, with
 the wall-clock it recorded, so an interrupted benchmark resumes and a new mode joins finished ones;
 a workdir made for other data or a run made with other settings is refused, not mixed in.
 """
@@ -26,7 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import NoReturn
 
@@ -37,7 +38,7 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
-from detco_bench.linear import LinearConfig, preset_config, run_linear
+from detco_bench.linear import VIEW_SAMPLINGS, LinearConfig, preset_config, run_linear
 from detco_bench.records import read_record
 from detco_bench.synthetic import write_synthetic_dataset
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
@@ -79,16 +80,20 @@ def pretrain_backbone(data: Path, size: int, epochs: int, out: Path) -> tuple[Pa
 
 
 def run_folder(root: Path, name: str, cfg: LinearConfig) -> Path:
-    """runs/<mode>-seed<s>/ for the protocol, runs/<mode>-k<views>-seed<s>/ for a cached mode: a run
-    with another number of cached views is another run."""
+    """runs/<mode>-seed<s>/ for the protocol, runs/<mode>-k<views>[-gaussian]-seed<s>/ for a cached
+    mode: a run with another number of cached views or another view sampling is another run."""
     views = f"-k{cfg.aug_copies}" if cfg.mode != "protocol" else ""
-    return root / "runs" / f"{name.replace(' ', '_')}{views}-seed{cfg.seed}"
+    sampling = f"-{cfg.view_sampling}" if cfg.view_sampling != LinearConfig.view_sampling else ""
+    return root / "runs" / f"{name.replace(' ', '_')}{views}{sampling}-seed{cfg.seed}"
 
 
 def settings_mismatch(recorded: dict, cfg: LinearConfig) -> list[str]:
-    """The settings of `cfg` (all but the loader workers) that a finished run's record.config differs in."""
+    """The settings of `cfg` (all but the loader workers) that a finished run's record.config differs
+    in. A setting a record lacks (made before the setting existed) had its default."""
+    defaults = {f.name: f.default for f in fields(LinearConfig)}
     wanted = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k != "workers"}
-    return [f"{k}: {recorded.get(k)!r} != {v!r}" for k, v in wanted.items() if recorded.get(k) != v]
+    return [f"{k}: {recorded.get(k, defaults[k])!r} != {v!r}" for k, v in wanted.items()
+            if recorded.get(k, defaults[k]) != v]
 
 
 def refuse(message: str) -> NoReturn:
@@ -119,6 +124,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--heads", nargs="+", default=["sgd", "lbfgs"], choices=["sgd", "lbfgs"])
     parser.add_argument("--aug-copies", type=int, default=None, help="fast mode's cached views (default: its own).")
+    parser.add_argument("--view-sampling", default=None, choices=VIEW_SAMPLINGS,
+                        help="the sgd head's view sampling (default: its own; the lbfgs head has none).")
     parser.add_argument("--pretrain-images", type=int, default=1000)
     parser.add_argument("--pretrain-epochs", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's).")
@@ -152,7 +159,9 @@ def main() -> None:
               f"seeds {args.seeds}; cpu x{torch.get_num_threads()} threads; "
               f"load average at start {os.getloadavg()[0]:.2f}")
         variants = [("protocol", "protocol", {})] + [
-            (f"fast {head}", "fast", {"fast_head": head, "aug_copies": args.aug_copies}) for head in args.heads]
+            (f"fast {head}", "fast", {"fast_head": head, "aug_copies": args.aug_copies,
+                                      "view_sampling": args.view_sampling if head == "sgd" else None})
+            for head in args.heads]
         seconds: dict[str, list[float]] = {name: [] for name, _, _ in variants}
         top1: dict[str, list[float]] = {name: [] for name, _, _ in variants}
         fits: dict[str, list[str]] = {name: [] for name, _, _ in variants}

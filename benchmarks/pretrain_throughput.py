@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import math
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -51,10 +52,13 @@ GPUS_PER_NODE = 8
 NOMINAL_GPU_RATE = 1000.0  # img/s per GPU assumed when no GPU is measured
 
 
-def step_runner(cfg: PretrainConfig, device: torch.device) -> Callable[[], tuple[float, float]]:
+StepTime = tuple[float, float, int]  # wall-clock seconds, CPU seconds, minor page faults of one step
+
+
+def step_runner(cfg: PretrainConfig, device: torch.device) -> Callable[[], StepTime]:
     """A function that runs one full training step (forward, backward, SGD, momentum update,
     enqueue: pretrain.train's model and optimizer) on random inputs of the right shapes and
-    returns its (wall-clock seconds, CPU seconds of this process)."""
+    returns its (wall-clock seconds, CPU seconds, minor page faults) in this process."""
     torch.manual_seed(0)
     model = DetCo(cfg).to(device)
     if cfg.channels_last:
@@ -69,9 +73,10 @@ def step_runner(cfg: PretrainConfig, device: torch.device) -> Callable[[], tuple
                   "patches_k": torch.randn(n, 9, 3, p, p, device=device)}
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp else nullcontext()
 
-    def one_step() -> tuple[float, float]:
+    def one_step() -> StepTime:
         if device.type == "cuda":
             torch.cuda.synchronize()
+        start_faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start, start_cpu = time.perf_counter(), time.process_time()
         with autocast:
             loss, _ = model(**views)
@@ -80,40 +85,44 @@ def step_runner(cfg: PretrainConfig, device: torch.device) -> Callable[[], tuple
         opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - start, time.process_time() - start_cpu
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start_faults
+        return time.perf_counter() - start, time.process_time() - start_cpu, faults
 
     return one_step
 
 
 def interleaved_step_times(cfgs: dict[str, PretrainConfig], device: torch.device, steps: int,
-                           warmup: int = 1) -> dict[str, list[tuple[float, float]]]:
-    """(wall, CPU) seconds of each timed step per config, the configs taking turns step by step
-    (A B A B ...) so that load from other processes falls on all of them alike; `warmup` untimed
-    steps each first."""
+                           warmup: int) -> dict[str, list[StepTime]]:
+    """(wall, CPU) seconds and page faults of each timed step per config, the configs taking turns
+    step by step (A B A B ...) so that load from other processes falls on all of them alike;
+    `warmup` untimed steps each first."""
     runners = {name: step_runner(cfg, device) for name, cfg in cfgs.items()}
     for run in runners.values():
         for _ in range(warmup):
             run()
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in runners}
+    times: dict[str, list[StepTime]] = {name: [] for name in runners}
     for _ in range(steps):
         for name, run in runners.items():
             times[name].append(run())
     return times
 
 
-def report_steps(times: dict[str, list[tuple[float, float]]], batch: int, base: str, other: str) -> dict[str, float]:
-    """Prints each config's median wall-clock and CPU seconds per step and img/s, and the medians of
-    the per-round ratios other/base of both; returns the median (wall-clock) img/s per config.
+def report_steps(times: dict[str, list[StepTime]], batch: int, base: str, other: str) -> dict[str, float]:
+    """Prints each config's median wall-clock and CPU seconds per step, img/s and page faults per
+    step, and the medians of the per-round ratios other/base of both; returns the median
+    (wall-clock) img/s per config.
 
     CPU seconds count this process's threads only, so on a shared machine they move less with other
     processes' load than wall-clock does (OpenMP threads waiting at a barrier still count)."""
-    wall = {name: [w for w, _ in t] for name, t in times.items()}
-    cpu = {name: [c for _, c in t] for name, t in times.items()}
+    wall = {name: [w for w, _, _ in t] for name, t in times.items()}
+    cpu = {name: [c for _, c, _ in t] for name, t in times.items()}
+    faults = {name: [f for _, _, f in t] for name, t in times.items()}
     rates = {name: batch / statistics.median(w) for name, w in wall.items()}
     for name in times:
         steps = " ".join(f"{x:.2f}" for x in wall[name])
         print(f"train step  {name:24s}: {statistics.median(wall[name]):7.2f} s/step ({rates[name]:6.2f} img/s), "
-              f"CPU {statistics.median(cpu[name]):7.2f} s/step;  wall per step {steps}")
+              f"CPU {statistics.median(cpu[name]):7.2f} s/step, "
+              f"{statistics.median(faults[name]):7.0f} page faults/step;  wall per step {steps}")
     for what, series in (("wall-clock", wall), ("CPU time", cpu)):
         ratios = [o / b for o, b in zip(series[other], series[base], strict=True)]
         print(f"{other} / {base} step {what}: x{statistics.median(ratios):.3f} (median of {len(ratios)} "
@@ -193,6 +202,9 @@ def main() -> None:
     parser.add_argument("--arch", default="resnet50")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=4,
+                        help="untimed steps per method first: a CPU DetCo step page-faults for its first ~4 steps, "
+                             "until the kept heap holds all it allocates (the page-fault column shows it)")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--pipeline-images", type=int, default=16, help="samples per pipeline per round")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of the pipeline timing")
@@ -219,12 +231,12 @@ def main() -> None:
 
     gpu_rate = None
     if not args.pipeline_only:
-        print(f"step timing, {args.steps} alternating rounds after 1 warm-up step each; {_load()}")
+        print(f"step timing, {args.steps} alternating rounds after {args.warmup} warm-up steps each; {_load()}")
         keep = device.type == "cpu" and not args.default_heap  # as pretrain.train runs its CPU steps
         with freed_memory_kept() if keep else nullcontext() as kept:
             print("CPU heap: " + ("freed memory kept between steps (pretrain.heap), as pretrain.train does" if kept
                                   else "glibc's default (freed blocks over the mmap threshold go back to the kernel)"))
-            times = interleaved_step_times({"MoCo v2": moco, "DetCo": detco}, device, args.steps)
+            times = interleaved_step_times({"MoCo v2": moco, "DetCo": detco}, device, args.steps, args.warmup)
         rates = report_steps(times, args.batch_size, "MoCo v2", "DetCo")
         print(f"after the step timing: {_load()}")
         if device.type == "cuda":
@@ -239,7 +251,7 @@ def main() -> None:
         else:
             fast = dataclasses.replace(detco, amp=True, channels_last=True)
             amp_times = interleaved_step_times({"DetCo fp32": detco, "DetCo bf16+channels_last": fast}, device,
-                                               args.steps)
+                                               args.steps, args.warmup)
             report_steps(amp_times, args.batch_size, "DetCo fp32", "DetCo bf16+channels_last")
 
 

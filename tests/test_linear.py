@@ -16,6 +16,7 @@ from detco_bench.linear import (
     LBFGS_WEIGHT_DECAYS,
     FrozenBackbone,
     fit_lbfgs_head,
+    gaussian_view,
     holdout_mask,
     knn_classify,
     preset_config,
@@ -238,6 +239,67 @@ def test_sgd_head_runs_over_one_view_per_epoch() -> None:
                              torch.device("cpu"))
     assert torch.isnan(head.weight).any(), "epoch 1 ran over view 1"
     assert fit == {"head": "sgd", "views_per_epoch": 1}
+
+
+def test_gaussian_view_has_the_views_mean_and_covariance_within_their_span() -> None:
+    """Many draws for one image: their mean is the views' mean, their covariance the views'
+    (1/K-normalised) covariance, and every draw lies in the affine span of the image's views."""
+    k, dim, draws = 3, 6, 40000
+    views = torch.randn(k, 1, dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2.0 + 1.0
+    samples = gaussian_view(views.expand(k, draws, dim), torch.Generator().manual_seed(1))  # (draws, dim)
+    mean = views[:, 0].mean(0)
+    deviations = views[:, 0] - mean  # (k, dim)
+    expected_cov = deviations.T @ deviations / k
+    scale = expected_cov.diagonal().max().item()
+    torch.testing.assert_close(samples.mean(0), mean, atol=0.03 * scale ** 0.5, rtol=0)
+    torch.testing.assert_close(samples.T.cov(correction=0), expected_cov, atol=0.03 * scale, rtol=0)
+    # Inside the span: what is left after projecting (sample - mean) onto the deviations is zero.
+    basis = torch.linalg.svd(deviations, full_matrices=False).Vh[: k - 1]  # the span's (k-1) directions
+    residual = (samples - mean) - (samples - mean) @ basis.T @ basis
+    assert residual.abs().max().item() < 1e-9
+    again = gaussian_view(views.expand(k, draws, dim), torch.Generator().manual_seed(1))
+    assert torch.equal(samples, again), "seeded"
+
+
+def test_gaussian_sampling_draws_fresh_features_each_epoch() -> None:
+    """With `view_sampling` gaussian every epoch reads every view (a poisoned one poisons epoch 0),
+    and the head learns from the draws; cycle keeps its one view per epoch."""
+    x, y = _blobs(240, noise_seed=1)
+    views = [x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(s)) for s in (3, 4, 5)]
+    cfg = preset_config("fast", epochs=1, batch_size=16, lr=0.1, aug_copies=3, view_sampling="gaussian")
+    head, fit = train_sgd_head([*views[:2], torch.full_like(x, float("nan"))], y, 4, cfg, torch.device("cpu"))
+    assert torch.isnan(head.weight).any(), "epoch 0 read all three views"
+    assert fit == {"head": "sgd", "views_per_epoch": 1}
+    cfg = preset_config("fast", epochs=10, batch_size=16, lr=0.1, aug_copies=3, view_sampling="gaussian")
+    head, _ = train_sgd_head(views, y, 4, cfg, torch.device("cpu"))
+    val_x, val_y = _blobs(240, noise_seed=2)
+    assert (head(val_x).argmax(1) == val_y).float().mean().item() >= 0.9
+    again, _ = train_sgd_head(views, y, 4, cfg, torch.device("cpu"))
+    assert torch.equal(head.weight, again.weight), "seeded"
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--view-sampling", "mixup"], "unknown --view-sampling 'mixup'"),
+    (["--view-sampling", "gaussian", "--aug-copies", "1"], "--view-sampling gaussian needs --fast-head sgd"),
+    (["--view-sampling", "gaussian", "--fast-head", "lbfgs"], "--view-sampling gaussian needs --fast-head sgd"),
+])
+def test_bad_view_sampling_exits_2(easy_data: Path, random_resnet18: Path, tmp_path: Path, flags: list[str],
+                                   message: str) -> None:
+    result = runner.invoke(app, ["linear", "--checkpoint", str(random_resnet18), "--data", str(easy_data),
+                                 "--out", str(tmp_path / "o"), "--mode", "fast", *flags,
+                                 "--workers", "0", "--no-progress"])
+    lines = [x for x in result.stderr.splitlines() if x.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+    assert not (tmp_path / "o").exists(), "nothing written"
+
+
+def test_fast_gaussian_end_to_end_records_its_sampling(easy_data: Path, random_resnet18: Path,
+                                                       tmp_path: Path) -> None:
+    cfg = _cfg("fast", aug_copies=2, view_sampling="gaussian")
+    record = read_record(run_linear(random_resnet18, easy_data, tmp_path / "g", cfg, show_progress=False))
+    assert record.config["view_sampling"] == "gaussian" and record.config["aug_copies"] == 2
+    assert record.config["head_fit"]["res5"]["train_views"] == [1, 2]
+    assert record.metrics["top1"] >= 90.0, record.metrics
 
 
 def _blobs(n: int, noise_seed: int, noise: float = 2.5) -> tuple[torch.Tensor, torch.Tensor]:

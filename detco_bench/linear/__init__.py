@@ -8,7 +8,8 @@ Modes (all on an ImageFolder layout ROOT/train/<class>/*, ROOT/val/<class>/*):
             Resize 256 + CenterCrop 224 for validation. DDP under torchrun; a checkpoint per epoch.
   fast      K passes of the protocol's training augmentation (default 3) extracted once and
             cached on disk as memory-mapped arrays; the protocol's head and schedule trained on
-            them, one cached view per image per epoch (`--fast-head sgd`), or an L-BFGS logistic
+            them, one cached view per image per epoch or a Gaussian draw from its views
+            (`--fast-head sgd`, `--view-sampling cycle|gaussian`), or an L-BFGS logistic
             regression with a held-out weight-decay sweep (`--fast-head lbfgs`).
   knn       weighted kNN on cached, L2-normalised centre-crop features: k=20, weights exp(cos / 0.07).
   stages    the fast head on the cached pooled res2, res3, res4 and res5 features, each.
@@ -29,9 +30,10 @@ _EXPORTS = {
     "FrozenBackbone": "backbone", "check_frozen": "backbone", "fingerprint": "backbone",
     "CachedSplit": "cache", "cache_splits": "cache", "extract_features": "cache",
     "DEFAULT_AUG_COPIES": "config", "FAST_HEADS": "config", "LBFGS_WEIGHT_DECAYS": "config", "MODES": "config",
-    "LinearConfig": "config", "preset_config": "config",
+    "LinearConfig": "config", "VIEW_SAMPLINGS": "config", "preset_config": "config",
     "train_transform": "data", "val_transform": "data", "validate_imagefolder": "data",
-    "evaluate_head": "fast", "fit_lbfgs_head": "fast", "holdout_mask": "fast", "train_sgd_head": "fast",
+    "evaluate_head": "fast", "fit_lbfgs_head": "fast", "gaussian_view": "fast", "holdout_mask": "fast",
+    "train_sgd_head": "fast",
     "epoch_lr": "head", "linear_head": "head", "topk_correct": "head",
     "ENGINE": "job", "prepare_out": "job", "run_cached": "job", "run_linear": "job",
     "knn_classify": "knn",

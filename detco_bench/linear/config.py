@@ -11,6 +11,7 @@ from pretrain.config import machine_workers
 
 MODES = ("protocol", "fast", "knn", "stages")
 FAST_HEADS = ("sgd", "lbfgs")
+VIEW_SAMPLINGS = ("cycle", "gaussian")  # how the sgd head draws an image's feature each epoch
 DEFAULT_AUG_COPIES = 3
 """Augmented views per training image that `fast` / `stages` cache unless told otherwise.
 
@@ -36,6 +37,9 @@ class LinearConfig:
     # (DEFAULT_AUG_COPIES for fast and stages, none otherwise).
     aug_copies: int = -1
     fast_head: str = "sgd"  # fast / stages: "sgd" (the protocol's head and schedule) or "lbfgs"
+    # sgd head: "cycle" (epoch e trains on cached view e mod K) or "gaussian" (each epoch a fresh
+    # draw from a Gaussian fitted to each image's K views; detco_bench.linear.fast).
+    view_sampling: str = "cycle"
     lbfgs_weight_decays: tuple[float, ...] = LBFGS_WEIGHT_DECAYS  # the L2 sweep of the lbfgs head
     holdout_fraction: float = 0.2  # lbfgs: training images held out to choose the weight decay
     lbfgs_max_iter: int = 500
@@ -52,6 +56,12 @@ class LinearConfig:
             raise UserError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.fast_head not in FAST_HEADS:
             raise UserError(f"unknown --fast-head {self.fast_head!r}; choose one of {', '.join(FAST_HEADS)}")
+        if self.view_sampling not in VIEW_SAMPLINGS:
+            raise UserError(f"unknown --view-sampling {self.view_sampling!r}; "
+                            f"choose one of {', '.join(VIEW_SAMPLINGS)}")
+        if self.view_sampling == "gaussian" and (self.fast_head != "sgd" or self.aug_copies < 2):
+            raise UserError("--view-sampling gaussian needs --fast-head sgd and --aug-copies 2 or more "
+                            f"(got --fast-head {self.fast_head}, --aug-copies {self.aug_copies})")
         if self.cache_dtype not in ("float32", "float16"):
             raise UserError(f"--cache-dtype must be float32 or float16, got {self.cache_dtype!r}")
         for name in ("epochs", "batch_size", "image_size", "knn_k", "lbfgs_max_iter"):

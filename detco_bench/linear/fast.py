@@ -1,8 +1,10 @@
 """Linear heads fitted on cached features (the `fast` and `stages` modes).
 
-* `train_sgd_head`: the protocol's head, optimiser and schedule; epoch e runs over one cached view
-  of every training image (view e mod V), as the protocol runs over one fresh augmentation of
-  each. With V augmented views this approximates the protocol at V / 100 of its backbone cost.
+* `train_sgd_head`: the protocol's head, optimiser and schedule; each epoch runs over one feature
+  per training image, as the protocol runs over one fresh augmentation of each: cached view
+  e mod V in epoch e (`view_sampling` "cycle"), or a fresh draw from a Gaussian fitted to the
+  image's V views ("gaussian", `gaussian_view`). With V augmented views this approximates the
+  protocol at V / 100 of its backbone cost.
 * `fit_lbfgs_head`: multinomial logistic regression solved by L-BFGS on standardised features,
   its L2 weight decay chosen on a held-out split of the training images (the CLIP /
   ssl-transfer linear evaluations' recipe), then refitted on all of them.
@@ -45,9 +47,26 @@ def _cpu_threads_for(macs: int, device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def gaussian_view(views: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One fresh feature per image from a Gaussian fitted to its cached views.
+
+    views (K, B, C): K views of each of B images. Returns (B, C): m + sum_k w_k (x_k - m), with m
+    the image's mean view and w_k ~ N(0, 1/K) drawn per image, i.e. a draw with the views' mean and
+    covariance (1/K sum_k (x_k - m)(x_k - m)^T), inside the span of the image's own views.
+    """
+    k = views.shape[0]
+    w = torch.randn(k, views.shape[1], 1, generator=generator, dtype=views.dtype) / k ** 0.5
+    # The same draw written as one weighted sum of the views (0.35 vs 3.9 ms for 5 x 256 x 512):
+    # m + sum_k w_k (x_k - m) = sum_k (w_k + (1 - sum_j w_j) / K) x_k.
+    weights = w + (1.0 - w.sum(0, keepdim=True)) / k
+    return (weights.to(views.device) * views).sum(0)
+
+
 def train_sgd_head(views: Sequence[torch.Tensor], y: torch.Tensor, classes: int, cfg: LinearConfig,
                    device: torch.device) -> tuple[nn.Linear, dict[str, Any]]:
-    """The protocol's head and schedule on cached views, each (N, C) with labels y (N,)."""
+    """The protocol's head and schedule on cached views, each (N, C) with labels y (N,): in epoch e
+    on view e mod V (`cfg.view_sampling` "cycle") or on a `gaussian_view` of every image ("gaussian",
+    which reads all V views each epoch)."""
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     head = linear_head(views[0].shape[1], classes).to(device)
@@ -60,7 +79,11 @@ def train_sgd_head(views: Sequence[torch.Tensor], y: torch.Tensor, classes: int,
             order = torch.randperm(len(x), generator=g)
             for i in range(0, len(x), cfg.batch_size):
                 idx = order[i:i + cfg.batch_size]
-                loss = F.cross_entropy(head(x[idx].to(device).float()), y[idx].to(device))
+                if cfg.view_sampling == "gaussian":
+                    rows = gaussian_view(torch.stack([v[idx].to(device).float() for v in views]), g)
+                else:
+                    rows = x[idx].to(device).float()
+                loss = F.cross_entropy(head(rows), y[idx].to(device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -53,6 +53,9 @@ FLAGS: tuple[LinearFlag, ...] = (
     LinearFlag("fast_head", "--fast-head", str, None,
                "fast/stages: sgd (the protocol's head and schedule on the cached views; default) | lbfgs "
                "(logistic regression, weight decay chosen on held-out training images)."),
+    LinearFlag("view_sampling", "--view-sampling", str, None,
+               "fast/stages, sgd head: cycle (epoch e trains on cached view e mod K; default) | gaussian (each "
+               "epoch a fresh draw from a Gaussian fitted to each image's K views)."),
     LinearFlag("cache_dtype", "--cache-dtype", str, None, "float32 | float16 for the feature cache."),
     LinearFlag("knn_k", "--knn-k", int, None, "kNN neighbours (default 20)."),
     LinearFlag("workers", "--workers", int, None, "Data-loading workers (default 8, fewer on fewer CPUs)."),
@@ -68,8 +71,8 @@ FLAGS: tuple[LinearFlag, ...] = (
     LinearFlag("no_progress", "--no-progress", bool, False),
 )
 #: The flags that override the mode's `LinearConfig` preset (`linear.config.preset_config`).
-PRESET_FLAGS = ("epochs", "batch_size", "lr", "image_size", "aug_copies", "fast_head", "cache_dtype", "knn_k",
-                "workers", "seed")
+PRESET_FLAGS = ("epochs", "batch_size", "lr", "image_size", "aug_copies", "fast_head", "view_sampling", "cache_dtype",
+                "knn_k", "workers", "seed")
 
 
 def cli_parameters() -> list[inspect.Parameter]:
