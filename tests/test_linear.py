@@ -263,7 +263,7 @@ def test_gaussian_view_has_the_views_mean_and_covariance_within_their_span() -> 
 
 def test_gaussian_sampling_draws_fresh_features_each_epoch() -> None:
     """With `view_sampling` gaussian every epoch reads every view (a poisoned one poisons epoch 0),
-    and the head learns from the draws; cycle keeps its one view per epoch."""
+    and the head learns from the draws, seeded."""
     x, y = _blobs(240, noise_seed=1)
     views = [x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(s)) for s in (3, 4, 5)]
     cfg = preset_config("fast", epochs=1, batch_size=16, lr=0.1, aug_copies=3, view_sampling="gaussian")
