@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
+from detco_bench.errors import UserError
 from detco_bench.linear import VIEW_SAMPLINGS, LinearConfig, preset_config, run_linear
 from detco_bench.records import read_record
 from detco_bench.synthetic import write_synthetic_dataset
@@ -57,7 +58,7 @@ def pretrain_backbone(data: Path, size: int, epochs: int, out: Path) -> tuple[Pa
                           v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True),
                           v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     train_set = ImageFolder(str(data / "train"), transform=augment)
-    loader = DataLoader(train_set, batch_size=64, shuffle=True, drop_last=True,
+    loader = DataLoader(train_set, batch_size=min(64, len(train_set)), shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(0))
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     steps = epochs * len(loader)
@@ -107,7 +108,6 @@ def check_workdir_data(probe: Path, wanted: dict[str, int]) -> None:
     stamp = probe / "benchmark.json"
     if stamp.is_file() and (made := json.loads(stamp.read_text())) != wanted:
         refuse(f"{probe} holds data made with {made}, not {wanted}: use another --workdir")
-    stamp.write_text(json.dumps(wanted))
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -139,17 +139,21 @@ def main() -> None:
         size = (args.size, args.size)
         probe = root / "probe"
         probe.mkdir(parents=True, exist_ok=True)
-        check_workdir_data(probe, {"train": args.train, "val": args.val, "size": args.size})
+        wanted = {"train": args.train, "val": args.val, "size": args.size}
+        check_workdir_data(probe, wanted)
         if not (probe / "imagenet").is_dir():
             write_synthetic_dataset(probe, "imagefolder", num_train=args.train, num_val=args.val, seed=PROBE_SEED,
                                     image_size=size)
+        # Stamped after the data exist: the generator refuses a non-empty folder.
+        (probe / "benchmark.json").write_text(json.dumps(wanted))
         ck = args.checkpoint
         if ck is None:
             ck = root / "resnet18_supervised.pth"
             if not ck.is_file():
                 pre = root / "pretrain"
-                write_synthetic_dataset(pre, "imagefolder", num_train=args.pretrain_images, num_val=1,
-                                        seed=PRETRAIN_SEED, image_size=size)
+                if not (pre / "imagenet").is_dir():  # kept from a run killed while training
+                    write_synthetic_dataset(pre, "imagefolder", num_train=args.pretrain_images, num_val=1,
+                                            seed=PRETRAIN_SEED, image_size=size)
                 _, seconds, acc = pretrain_backbone(pre / "imagenet", args.size, args.pretrain_epochs, ck)
                 print(f"backbone: torchvision ResNet-18 trained supervised for {args.pretrain_epochs} epochs on "
                       f"{args.pretrain_images} other synthetic images ({seconds:.0f} s, last-epoch train top-1 "
@@ -176,11 +180,10 @@ def main() -> None:
                     same_checkpoint = Path(record.config.get("checkpoint", "")).resolve() == ck.resolve()
                     if differ := settings_mismatch(record.config, cfg) + ([] if same_checkpoint else ["checkpoint"]):
                         refuse(f"{out} was run with other settings ({'; '.join(differ)}): use another --workdir")
-                    seconds[name].append(float(record.provenance["wall_clock_s"]))
                 else:
-                    t0 = time.perf_counter()
                     record = read_record(run_linear(ck, probe / "imagenet", out, cfg, show_progress=False))
-                    seconds[name].append(time.perf_counter() - t0)
+                # The job's own clock (backbone built to record written), fresh or read back alike.
+                seconds[name].append(float(record.provenance["wall_clock_s"]))
                 top1[name].append(record.metrics["top1"])
                 fit = record.config.get("head_fit", {}).get("res5", {})
                 fits[name].append(f"wd {fit['weight_decay']:g}" if "weight_decay" in fit
@@ -203,4 +206,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as e:
+        refuse(str(e))
