@@ -227,6 +227,28 @@ def test_fast_trains_on_augmented_views_only_and_records_how(easy_data: Path, ra
     assert record.metrics["top1"] >= 90.0, record.metrics
 
 
+def test_cache_normalises_per_batch_with_the_protocols_per_image_bits(easy_data: Path, random_resnet18: Path,
+                                                                     tmp_path: Path) -> None:
+    """The cache's dataset yields uint8 crops normalised per batch; its features are bit for bit those
+    of the protocol's per-image transforms on the same draws."""
+    from torchvision.datasets import ImageFolder
+
+    from detco_bench.checkpoints import load_backbone
+
+    cfg = _cfg("fast", aug_copies=1, seed=3)
+    run_linear(random_resnet18, easy_data, tmp_path / "f", cfg, show_progress=False)
+    backbone = FrozenBackbone(load_backbone(random_resnet18))
+    for split, copy, transform in (("train", 1, linear.train_transform), ("val", 0, linear.val_transform)):
+        images = ImageFolder(str(easy_data / split))
+        torch.manual_seed(cfg.seed * 1_000_003 + copy)  # the extraction's seed for its first chunk
+        x = torch.stack([transform(cfg.image_size)(images[i][0]) for i in range(len(images))])
+        with torch.no_grad():
+            expected = torch.cat([backbone(x[i:i + cfg.batch_size])[-1] for i in range(0, len(x), cfg.batch_size)])
+        cached = torch.from_numpy(np.load(tmp_path / "f" / "cache" / f"{split}-{copy}" / "res5.npy"))
+        assert len(images) <= cfg.batch_size * 8, "one extraction chunk, one seed"
+        assert torch.equal(cached, expected), (split, (cached - expected).abs().max())
+
+
 def test_sgd_head_runs_over_one_view_per_epoch() -> None:
     gen = torch.Generator().manual_seed(0)
     y = torch.arange(40) % 2

@@ -19,7 +19,7 @@ from torchvision.datasets import ImageFolder
 
 from detco_bench.linear.backbone import FrozenBackbone
 from detco_bench.linear.config import LinearConfig
-from detco_bench.linear.data import IndexRange, train_transform, val_transform
+from detco_bench.linear.data import IndexRange, normalize, train_crop, val_crop
 from pretrain.atomic import atomic_write_json
 from pretrain.detco import STAGES
 
@@ -49,7 +49,8 @@ def cache_key(checkpoint_sha: str, cfg: LinearConfig, split: str, copy: int) -> 
 def extract_features(backbone: FrozenBackbone, dataset: ImageFolder, folder: Path, key: dict[str, Any],
                      batch_size: int, workers: int, device: torch.device, progress: Progress,
                      label: str, seed: int) -> tuple[list[np.memmap], np.ndarray]:
-    """Pooled res2..res5 features of `dataset`, cached under `folder` as memory-mapped .npy files.
+    """Pooled res2..res5 features of `dataset` (uint8 crops (3, H, W), normalised here per batch),
+    cached under `folder` as memory-mapped .npy files.
 
     Extraction is resumable: `meta.json` records how many rows are done (written after each
     chunk, atomically), so a killed extraction continues where it stopped. A cache made for
@@ -70,6 +71,7 @@ def extract_features(backbone: FrozenBackbone, dataset: ImageFolder, folder: Pat
         atomic_write_json(meta_path, {"key": key, "rows": n, "done": 0})
     task = progress.add_task(f"features {label}", total=n, completed=done, stats="")
     chunk = max(batch_size * 8, 1)
+    to_float = normalize()
     while done < n:
         stop = min(n, done + chunk)
         torch.manual_seed(seed + done)  # augmented copies: the same crops after a resume
@@ -77,7 +79,8 @@ def extract_features(backbone: FrozenBackbone, dataset: ImageFolder, folder: Pat
                             generator=torch.Generator().manual_seed(seed + done))
         row = done
         for images, _ in loader:
-            for f, s in zip(feats, backbone(images.to(device)), strict=True):
+            # The dataset yields uint8 crops; normalised per batch (the per-image bits, one call).
+            for f, s in zip(feats, backbone(to_float(images.to(device))), strict=True):
                 f[row:row + len(images)] = s.float().cpu().numpy().astype(dtype)
             row += len(images)
             progress.update(task, completed=row)
@@ -95,7 +98,7 @@ def cache_splits(backbone: FrozenBackbone, root: Path, cfg: LinearConfig, out: P
     for split, copies in (("train", cfg.train_copies()), ("val", [0])):
         views, labels = [], np.zeros(0, dtype=np.int64)
         for copy in copies:
-            transform = val_transform(cfg.image_size) if copy == 0 else train_transform(cfg.image_size)
+            transform = val_crop(cfg.image_size) if copy == 0 else train_crop(cfg.image_size)
             dataset = ImageFolder(str(root / split), transform=transform)
             feats, labels = extract_features(
                 backbone, dataset, out / "cache" / f"{split}-{copy}", cache_key(checkpoint_sha, cfg, split, copy),

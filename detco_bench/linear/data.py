@@ -45,16 +45,30 @@ def validate_imagefolder(root: str | os.PathLike) -> list[str]:
     return classes["train"]
 
 
+def train_crop(size: int) -> v2.Compose:
+    """The geometric part of the protocol's training augmentation: an image -> (3, size, size) uint8."""
+    return v2.Compose([v2.ToImage(), v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])
+
+
+def val_crop(size: int) -> v2.Compose:
+    """The protocol's validation view (resize to size * 256 / 224, centre crop): (3, size, size) uint8."""
+    return v2.Compose([v2.ToImage(), v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size)])
+
+
+def normalize() -> v2.Compose:
+    """uint8 images (..., 3, H, W) -> float32 in [0, 1] standardised by ImageNet's mean and std; the
+    same arithmetic per element on one image or on a batch, so a batch gets the per-image bits."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
 def train_transform(size: int) -> v2.Compose:
     """The protocol's training augmentation: an image -> a normalised (3, size, size) float tensor."""
-    return v2.Compose([v2.ToImage(), v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(),
-                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return v2.Compose([train_crop(size), normalize()])
 
 
 def val_transform(size: int) -> v2.Compose:
-    """The protocol's validation view (resize to size * 256 / 224, centre crop): (3, size, size)."""
-    return v2.Compose([v2.ToImage(), v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size),
-                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    """The protocol's validation view, normalised: (3, size, size) float."""
+    return v2.Compose([val_crop(size), normalize()])
 
 
 class IndexRange(Sampler[int]):

@@ -47,19 +47,22 @@ def _cpu_threads_for(macs: int, device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def gaussian_view(views: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def gaussian_view(views: torch.Tensor | Sequence[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
     """One fresh feature per image from a Gaussian fitted to its cached views.
 
-    views (K, B, C): K views of each of B images. Returns (B, C): m + sum_k w_k (x_k - m), with m
-    the image's mean view and w_k ~ N(0, 1/K) drawn per image, i.e. a draw with the views' mean and
-    covariance (1/K sum_k (x_k - m)(x_k - m)^T), inside the span of the image's own views.
+    views: K views of each of B images, (K, B, C) or K tensors (B, C). Returns (B, C): m + sum_k w_k
+    (x_k - m), with m the image's mean view and w_k ~ N(0, 1/K) drawn per image, i.e. a draw with the
+    views' mean and covariance (1/K sum_k (x_k - m)(x_k - m)^T), inside the span of the image's own views.
     """
-    k = views.shape[0]
-    w = torch.randn(k, views.shape[1], 1, generator=generator, dtype=views.dtype) / k ** 0.5
-    # The same draw written as one weighted sum of the views (0.35 vs 3.9 ms for 5 x 256 x 512):
-    # m + sum_k w_k (x_k - m) = sum_k (w_k + (1 - sum_j w_j) / K) x_k.
-    weights = w + (1.0 - w.sum(0, keepdim=True)) / k
-    return (weights.to(views.device) * views).sum(0)
+    k, first = len(views), views[0]
+    w = torch.randn(k, first.shape[0], 1, generator=generator, dtype=first.dtype) / k ** 0.5
+    # The same draw written as one weighted sum of the views, accumulated view by view (no (K, B, C)
+    # stack): m + sum_k w_k (x_k - m) = sum_k (w_k + (1 - sum_j w_j) / K) x_k.
+    weights = (w + (1.0 - w.sum(0, keepdim=True)) / k).to(first.device)
+    draw = first * weights[0]
+    for view, weight in zip(views[1:], weights[1:], strict=True):
+        draw.addcmul_(view, weight)
+    return draw
 
 
 def train_sgd_head(views: Sequence[torch.Tensor], y: torch.Tensor, classes: int, cfg: LinearConfig,
@@ -80,7 +83,7 @@ def train_sgd_head(views: Sequence[torch.Tensor], y: torch.Tensor, classes: int,
             for i in range(0, len(x), cfg.batch_size):
                 idx = order[i:i + cfg.batch_size]
                 if cfg.view_sampling == "gaussian":
-                    rows = gaussian_view(torch.stack([v[idx].to(device).float() for v in views]), g)
+                    rows = gaussian_view([v[idx].to(device).float() for v in views], g)
                 else:
                     rows = x[idx].to(device).float()
                 loss = F.cross_entropy(head(rows), y[idx].to(device))
