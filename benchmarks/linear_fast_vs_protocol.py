@@ -11,7 +11,9 @@ top-1 mean +- std over the seeds, the speed-up and the top-1 gap to the protocol
         [--seeds 0 1 2] [--heads sgd lbfgs] [--aug-copies K] [--view-sampling cycle|gaussian]
         [--checkpoint CK] [--workdir DIR]
 
-Speed and agreement are reported here, never asserted in tests: they depend on the machine. With
+Wall-clock is each job's own (its record's, from the backbone built to the record written), so a
+fresh run and one read back are timed alike. Speed and agreement are reported here, never asserted
+in tests: they depend on the machine. With
 --workdir, a run finished earlier (its record in runs/<mode>[-k<views>][-gaussian]-seed<seed>/) is read back, with
 the wall-clock it recorded, so an interrupted benchmark resumes and a new mode joins finished ones;
 a workdir made for other data or a run made with other settings is refused, not mixed in.
@@ -84,14 +86,14 @@ def run_folder(root: Path, name: str, cfg: LinearConfig) -> Path:
     """runs/<mode>-seed<s>/ for the protocol, runs/<mode>-k<views>[-gaussian]-seed<s>/ for a cached
     mode: a run with another number of cached views or another view sampling is another run."""
     views = f"-k{cfg.aug_copies}" if cfg.mode != "protocol" else ""
-    sampling = f"-{cfg.view_sampling}" if cfg.view_sampling != LinearConfig.view_sampling else ""
+    sampling = f"-{cfg.view_sampling}" if cfg.view_sampling != "cycle" else ""
     return root / "runs" / f"{name.replace(' ', '_')}{views}{sampling}-seed{cfg.seed}"
 
 
 def settings_mismatch(recorded: dict, cfg: LinearConfig) -> list[str]:
     """The settings of `cfg` (all but the loader workers) that a finished run's record.config differs
-    in. A setting a record lacks (made before the setting existed) had its default."""
-    defaults = {f.name: f.default for f in fields(LinearConfig)}
+    in. A setting a record lacks (made before the setting existed) had its default then."""
+    defaults = {f.name: f.default for f in fields(LinearConfig)} | {"view_sampling": "cycle"}
     wanted = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k != "workers"}
     return [f"{k}: {recorded.get(k, defaults[k])!r} != {v!r}" for k, v in wanted.items()
             if recorded.get(k, defaults[k]) != v]

@@ -220,10 +220,11 @@ def test_only_a_1000_class_dataset_is_called_imagenet(tmp_path: Path) -> None:
 def test_fast_trains_on_augmented_views_only_and_records_how(easy_data: Path, random_resnet18: Path,
                                                               tmp_path: Path) -> None:
     record = read_record(run_linear(random_resnet18, easy_data, tmp_path / "f", _cfg("fast"), show_progress=False))
-    assert record.config["aug_copies"] == linear.DEFAULT_AUG_COPIES == 3
-    assert record.config["head_fit"] == {"res5": {"head": "sgd", "views_per_epoch": 1, "train_views": [1, 2, 3]}}
+    assert record.config["aug_copies"] == linear.DEFAULT_AUG_COPIES == 4
+    assert record.config["view_sampling"] == "gaussian"
+    assert record.config["head_fit"] == {"res5": {"head": "sgd", "views_per_epoch": 1, "train_views": [1, 2, 3, 4]}}
     cached = sorted(p.name for p in (tmp_path / "f" / "cache").iterdir())
-    assert cached == ["train-1", "train-2", "train-3", "val-0"], "like the protocol: no centre crops to train on"
+    assert cached == ["train-1", "train-2", "train-3", "train-4", "val-0"], "like the protocol: no centre crops"
     assert record.metrics["top1"] >= 90.0, record.metrics
 
 
@@ -249,16 +250,27 @@ def test_cache_normalises_per_batch_with_the_protocols_per_image_bits(easy_data:
         assert torch.equal(cached, expected), (split, (cached - expected).abs().max())
 
 
+@pytest.mark.parametrize("mode,overrides,sampling", [
+    ("fast", {}, "gaussian"), ("stages", {}, "gaussian"), ("fast", {"aug_copies": 1}, "cycle"),
+    ("fast", {"aug_copies": 0}, "cycle"), ("fast", {"fast_head": "lbfgs"}, "cycle"), ("protocol", {}, "cycle"),
+    ("knn", {}, "cycle"), ("fast", {"view_sampling": "cycle"}, "cycle")])
+def test_default_view_sampling_is_gaussian_where_it_applies(mode: str, overrides: dict[str, object],
+                                                            sampling: str) -> None:
+    """The sgd head of fast / stages draws from each image's Gaussian when it has 2+ views; every
+    other setting (and an explicit choice) is cycle, so no default combination is refused."""
+    assert preset_config(mode, **overrides).view_sampling == sampling
+
+
 def test_sgd_head_runs_over_one_view_per_epoch() -> None:
     gen = torch.Generator().manual_seed(0)
     y = torch.arange(40) % 2
     good = torch.randn(40, 8, generator=gen) + 3.0 * y[:, None]
     poisoned = torch.full_like(good, float("nan"))
-    cfg = preset_config("fast", epochs=1, batch_size=8, lr=0.1)
+    cfg = preset_config("fast", epochs=1, batch_size=8, lr=0.1, view_sampling="cycle")
     head, fit = train_sgd_head([good, poisoned], y, 2, cfg, torch.device("cpu"))
     assert torch.isfinite(head.weight).all(), "epoch 0 saw view 0 only"
-    head, _ = train_sgd_head([good, poisoned], y, 2, preset_config("fast", epochs=2, batch_size=8, lr=0.1),
-                             torch.device("cpu"))
+    head, _ = train_sgd_head([good, poisoned], y, 2, preset_config("fast", epochs=2, batch_size=8, lr=0.1,
+                                                                   view_sampling="cycle"), torch.device("cpu"))
     assert torch.isnan(head.weight).any(), "epoch 1 ran over view 1"
     assert fit == {"head": "sgd", "views_per_epoch": 1}
 

@@ -33,7 +33,7 @@ def test_fresh_workdir_runs_then_reads_back(tmp_path: Path) -> None:
     assert [line.split()[2] for line in lines] == ["protocol", "fast"], first.stdout
     assert (work / "resnet18_supervised.pth").is_file()
     records = sorted(work.glob("runs/*/*.record.json"))
-    assert [p.parent.name for p in records] == ["fast_sgd-k2-seed0", "protocol-seed0"]
+    assert [p.parent.name for p in records] == ["fast_sgd-k2-gaussian-seed0", "protocol-seed0"]
     stamps = [p.stat().st_mtime_ns for p in records]
     # Again on the same workdir: nothing is rerun, the same figures are printed from the records.
     second = _run(*TINY, "--workdir", str(work))

@@ -49,13 +49,13 @@ FLAGS: tuple[LinearFlag, ...] = (
     LinearFlag("image_size", "--image-size", int, None,
                "Crop size (default 224; validation resizes to size*256/224)."),
     LinearFlag("aug_copies", "--aug-copies", int, None,
-               "fast/stages: passes of the training augmentation to cache (default 3; 0 trains on centre crops)."),
+               "fast/stages: passes of the training augmentation to cache (default 4; 0 trains on centre crops)."),
     LinearFlag("fast_head", "--fast-head", str, None,
                "fast/stages: sgd (the protocol's head and schedule on the cached views; default) | lbfgs "
                "(logistic regression, weight decay chosen on held-out training images)."),
     LinearFlag("view_sampling", "--view-sampling", str, None,
-               "fast/stages, sgd head: cycle (epoch e trains on cached view e mod K; default) | gaussian (each "
-               "epoch a fresh draw from a Gaussian fitted to each image's K views)."),
+               "fast/stages, sgd head: gaussian (each epoch a fresh draw from a Gaussian fitted to each image's K "
+               "views; default with 2 or more views) | cycle (epoch e trains on cached view e mod K)."),
     LinearFlag("cache_dtype", "--cache-dtype", str, None, "float32 | float16 for the feature cache."),
     LinearFlag("knn_k", "--knn-k", int, None, "kNN neighbours (default 20)."),
     LinearFlag("workers", "--workers", int, None, "Data-loading workers (default 8, fewer on fewer CPUs)."),
