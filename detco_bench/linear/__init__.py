@@ -6,10 +6,10 @@ Modes (all on an ImageFolder layout ROOT/train/<class>/*, ROOT/val/<class>/*):
             linear layer (weights N(0, 0.01), bias 0); SGD lr 30, momentum 0.9, wd 0, batch 256,
             100 epochs, lr x0.1 at epochs 60 and 80; RandomResizedCrop 224 + flip for training,
             Resize 256 + CenterCrop 224 for validation. DDP under torchrun; a checkpoint per epoch.
-  fast      K passes of the protocol's training augmentation (default 3) extracted once and
+  fast      K passes of the protocol's training augmentation (default 4) extracted once and
             cached on disk as memory-mapped arrays; the protocol's head and schedule trained on
-            them, one cached view per image per epoch or a Gaussian draw from its views
-            (`--fast-head sgd`, `--view-sampling cycle|gaussian`), or an L-BFGS logistic
+            them, each epoch a Gaussian draw from every image's views (the default) or one cached
+            view per image (`--fast-head sgd`, `--view-sampling gaussian|cycle`), or an L-BFGS logistic
             regression with a held-out weight-decay sweep (`--fast-head lbfgs`).
   knn       weighted kNN on cached, L2-normalised centre-crop features: k=20, weights exp(cos / 0.07).
   stages    the fast head on the cached pooled res2, res3, res4 and res5 features, each.
