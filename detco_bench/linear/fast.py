@@ -76,16 +76,15 @@ def train_sgd_head(views: Sequence[torch.Tensor], y: torch.Tensor, classes: int,
     optimizer = sgd_optimizer(head, cfg)
     with _cpu_threads_for(min(cfg.batch_size, len(y)) * views[0].shape[1] * classes, device):
         for epoch in range(cfg.epochs):
-            x = views[epoch % len(views)]
             for group in optimizer.param_groups:
                 group["lr"] = epoch_lr(cfg, epoch)
-            order = torch.randperm(len(x), generator=g)
-            for i in range(0, len(x), cfg.batch_size):
+            order = torch.randperm(len(y), generator=g)
+            for i in range(0, len(y), cfg.batch_size):
                 idx = order[i:i + cfg.batch_size]
                 if cfg.view_sampling == "gaussian":
                     rows = gaussian_view([v[idx].to(device).float() for v in views], g)
                 else:
-                    rows = x[idx].to(device).float()
+                    rows = views[epoch % len(views)][idx].to(device).float()
                 loss = F.cross_entropy(head(rows), y[idx].to(device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
